@@ -1,0 +1,440 @@
+//! The agent's configuration: one YAML file plus command-line flags.
+//!
+//! Owns the option names, their defaults and their validation. Every option
+//! has a documented default; a bad value is refused with a [`ConfigError`]
+//! that names the option, and the binary exits 64 (EX_USAGE). Nothing here
+//! touches the system.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default address of the metrics listener (Hubble's metrics port).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9965";
+/// Default capacity of the in-memory flow ring (as Hubble's).
+pub const DEFAULT_FLOW_RING: usize = 4095;
+/// Largest flow ring accepted (as Hubble's).
+pub const MAX_FLOW_RING: usize = 65_535;
+
+/// A configuration problem, naming the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML for this schema (unknown key, wrong type...).
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// One option has a value out of range or of the wrong form.
+    #[error("invalid option {option}: {message}")]
+    Invalid { option: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(option: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            option: option.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How much the kernel aggregates before it emits an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// One event per connection state change plus periodic reports (default).
+    #[default]
+    Full,
+    /// One event per packet: for debugging, costly.
+    None,
+}
+
+/// Format of the flow log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowLogFormat {
+    /// Hubble's export shape, one JSON object per line (default).
+    #[default]
+    Json,
+    /// One line per flow as `hubble observe` prints it.
+    Compact,
+}
+
+/// Log line format of the agent's own logs (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The whole configuration, as the YAML file spells it (camelCase keys).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node in flows and metrics. Default: the machine's hostname.
+    pub node_name: String,
+    /// Path of the local API socket. Default: /var/run/weir/weir.sock.
+    pub socket: PathBuf,
+    /// Directory of Kubernetes manifests (the embedded default source). Default: none.
+    pub manifests: Option<PathBuf>,
+    /// Network namespace (path) to run the datapath in; listeners for metrics
+    /// are opened in the agent's own namespace first. Default: none (the agent's own).
+    pub netns: Option<PathBuf>,
+    pub metrics: MetricsConfig,
+    pub flow_log: FlowLogConfig,
+    pub flows: FlowsConfig,
+    pub datapath: DatapathConfig,
+    pub log: LogConfig,
+}
+
+/// `metrics:` section.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve /metrics. Default: true (metrics are always on unless turned off explicitly).
+    pub enabled: bool,
+    /// Listen address. Default: 0.0.0.0:9965.
+    pub address: String,
+}
+
+/// `flowLog:` section.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowLogConfig {
+    /// `off`, `stdout`, or a file path. Default: off (per-flow detail leaves
+    /// the agent only where configured).
+    pub output: String,
+    /// `json` (Hubble export shape) or `compact`. Default: json.
+    pub format: FlowLogFormat,
+    /// Bounded queue between the flow ring and the writer; what does not fit is
+    /// dropped and counted. Default: 16384.
+    pub queue: usize,
+}
+
+/// `flows:` section.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// Flows kept in memory. Default 4095, max 65535.
+    pub ring_capacity: usize,
+}
+
+/// `datapath:` section.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatapathConfig {
+    /// `full` (default) or `none` (one event per packet).
+    pub aggregation: Aggregation,
+    /// Report interval of long-lived connections, e.g. `5s`. Default: 5s.
+    pub report_interval: String,
+    /// Kernel ring buffer size in bytes: a power of two, at least 4096. Default: 4 MiB.
+    pub ring_buffer_bytes: u32,
+    /// Connection-tracking entries (LRU). Default: 65536.
+    pub conntrack_entries: u32,
+}
+
+/// `log:` section.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `weir=debug`. Default: info (RUST_LOG overrides).
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            socket: PathBuf::from(weir_localapi::DEFAULT_SOCKET),
+            manifests: None,
+            netns: None,
+            metrics: MetricsConfig::default(),
+            flow_log: FlowLogConfig::default(),
+            flows: FlowsConfig::default(),
+            datapath: DatapathConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: DEFAULT_METRICS_ADDR.to_string(),
+        }
+    }
+}
+
+impl Default for FlowLogConfig {
+    fn default() -> Self {
+        Self {
+            output: "off".to_string(),
+            format: FlowLogFormat::Json,
+            queue: 16_384,
+        }
+    }
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            ring_capacity: DEFAULT_FLOW_RING,
+        }
+    }
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            aggregation: Aggregation::Full,
+            report_interval: "5s".to_string(),
+            ring_buffer_bytes: weir_common::defaults::EVENTS_RING_BYTES,
+            conntrack_entries: weir_common::defaults::CONNTRACK_ENTRIES,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where the flow log goes, once validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowLogOutput {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// A configuration that passed validation, with parsed values.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub node_name: String,
+    pub metrics_addr: Option<SocketAddr>,
+    pub flow_log: FlowLogOutput,
+    pub report_interval: Duration,
+}
+
+impl Config {
+    /// Reads a YAML config file; unknown keys are errors (a typo must not be ignored).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses YAML text; an empty document is the default configuration.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every option and parses the ones with a textual form.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let node_name = if self.node_name.is_empty() {
+            hostname()
+        } else {
+            self.node_name.clone()
+        };
+        if node_name.is_empty() || node_name.len() > 253 {
+            return Err(ConfigError::invalid(
+                "nodeName",
+                "must be 1 to 253 characters",
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("socket", "must not be empty"));
+        }
+        let metrics_addr = if self.metrics.enabled {
+            Some(self.metrics.address.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid(
+                    "metrics.address",
+                    format!("{:?} is not HOST:PORT ({e})", self.metrics.address),
+                )
+            })?)
+        } else {
+            None
+        };
+        let flow_log = match self.flow_log.output.as_str() {
+            "" | "off" => FlowLogOutput::Off,
+            "stdout" | "-" => FlowLogOutput::Stdout,
+            path => FlowLogOutput::File(PathBuf::from(path)),
+        };
+        if self.flow_log.queue == 0 || self.flow_log.queue > 1 << 20 {
+            return Err(ConfigError::invalid(
+                "flowLog.queue",
+                format!("{} is outside 1..=1048576", self.flow_log.queue),
+            ));
+        }
+        if self.flows.ring_capacity == 0 || self.flows.ring_capacity > MAX_FLOW_RING {
+            return Err(ConfigError::invalid(
+                "flows.ringCapacity",
+                format!(
+                    "{} is outside 1..={MAX_FLOW_RING}",
+                    self.flows.ring_capacity
+                ),
+            ));
+        }
+        let report_interval = parse_duration(&self.datapath.report_interval)
+            .map_err(|m| ConfigError::invalid("datapath.reportInterval", m))?;
+        if report_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "datapath.reportInterval",
+                "must be greater than 0",
+            ));
+        }
+        let rb = self.datapath.ring_buffer_bytes;
+        if rb < 4096 || !rb.is_power_of_two() {
+            return Err(ConfigError::invalid(
+                "datapath.ringBufferBytes",
+                format!("{rb} is not a power of two of at least 4096"),
+            ));
+        }
+        if self.datapath.conntrack_entries < 1024 {
+            return Err(ConfigError::invalid(
+                "datapath.conntrackEntries",
+                format!(
+                    "{} is below the minimum of 1024",
+                    self.datapath.conntrack_entries
+                ),
+            ));
+        }
+        if let Some(dir) = &self.manifests
+            && dir.as_os_str().is_empty()
+        {
+            return Err(ConfigError::invalid("manifests", "must not be empty"));
+        }
+        Ok(Validated {
+            node_name,
+            metrics_addr,
+            flow_log,
+            report_interval,
+            config: self,
+        })
+    }
+}
+
+/// Parses `500ms`, `5s`, `1m`, `1h` (an integer and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let v = Config::default().validate().expect("defaults are valid");
+        assert_eq!(v.metrics_addr, Some("0.0.0.0:9965".parse().unwrap()));
+        assert_eq!(v.flow_log, FlowLogOutput::Off);
+        assert_eq!(v.report_interval, Duration::from_secs(5));
+        assert_eq!(v.config.flows.ring_capacity, 4095);
+        assert_eq!(v.config.socket, PathBuf::from("/var/run/weir/weir.sock"));
+    }
+
+    #[test]
+    fn yaml_sets_options() {
+        let c = Config::from_yaml(
+            "nodeName: n1\nflowLog: {output: stdout, format: compact}\ndatapath: {aggregation: none, reportInterval: 250ms}\nflows: {ringCapacity: 65535}\n",
+        )
+        .unwrap();
+        let v = c.validate().unwrap();
+        assert_eq!(v.node_name, "n1");
+        assert_eq!(v.flow_log, FlowLogOutput::Stdout);
+        assert_eq!(v.config.flow_log.format, FlowLogFormat::Compact);
+        assert_eq!(v.config.datapath.aggregation, Aggregation::None);
+        assert_eq!(v.report_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = Config::from_yaml("flowlog: {output: stdout}\n").unwrap_err();
+        assert!(e.contains("flowlog"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let cases = [
+            ("flows: {ringCapacity: 65536}", "flows.ringCapacity"),
+            ("datapath: {reportInterval: 5}", "datapath.reportInterval"),
+            (
+                "datapath: {reportInterval: 5 parsecs}",
+                "datapath.reportInterval",
+            ),
+            (
+                "datapath: {ringBufferBytes: 5000}",
+                "datapath.ringBufferBytes",
+            ),
+            (
+                "datapath: {conntrackEntries: 10}",
+                "datapath.conntrackEntries",
+            ),
+            ("metrics: {address: nowhere}", "metrics.address"),
+            ("flowLog: {queue: 0}", "flowLog.queue"),
+        ];
+        for (yaml, option) in cases {
+            let err = Config::from_yaml(yaml).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(option), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("10").is_err());
+    }
+}

@@ -1,0 +1,518 @@
+//! `weir agent`: the node agent's runtime.
+//!
+//! Wires the parts together and owns their lifetimes: the datapath (load,
+//! attach per endpoint, ring buffer reader), the cluster state fed by the
+//! manifests source, the flow ring and its consumers, the metrics listener and
+//! the local API. It holds no packet or policy logic of its own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use weir_datapath::{Datapath, DatapathOptions};
+use weir_flows::metrics::Metrics;
+use weir_flows::store::FlowStore;
+use weir_localapi::{Endpoint, EndpointRegistration, Status};
+use weir_state::{ClusterState, EndpointIndex};
+
+use crate::config::{Aggregation, FlowLogFormat, FlowLogOutput, Validated};
+
+/// Events handed to the decoder per ring buffer wake-up, so one busy ring
+/// cannot starve the other tasks of the runtime.
+const READ_BATCH: usize = 1024;
+
+/// State shared by the agent's tasks and the local API.
+pub struct Shared {
+    pub node_name: String,
+    started: Instant,
+    datapath: Mutex<Datapath>,
+    state: Mutex<ClusterState>,
+    index: RwLock<Arc<EndpointIndex>>,
+    pub store: FlowStore,
+    pub metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    kernel_lost: AtomicU64,
+    metrics_addr: String,
+    attach_mode: &'static str,
+}
+
+impl Shared {
+    /// Snapshot for `GET /v1/status`.
+    pub fn status(&self) -> Status {
+        let endpoints = self.state.lock().expect("state lock").endpoints().len() as u64;
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node_name: self.node_name.clone(),
+            ready: self.ready.load(Ordering::Acquire),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            endpoints,
+            flows_seen: self.store.seen(),
+            flows_in_ring: self.store.len() as u64,
+            ring_capacity: self.store.capacity() as u64,
+            events_lost: self.kernel_lost.load(Ordering::Relaxed),
+            attach_mode: self.attach_mode.to_string(),
+            metrics_addr: self.metrics_addr.clone(),
+        }
+    }
+
+    /// Every registered endpoint.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let state = self.state.lock().expect("state lock");
+        state.endpoints().map(to_api).collect()
+    }
+
+    /// Records the endpoint, publishes it for enrichment, then attaches the
+    /// programs; on attach failure the endpoint is forgotten again.
+    pub fn register_endpoint(&self, reg: EndpointRegistration) -> Result<Endpoint, String> {
+        let host_ifname = reg.host_ifname.clone();
+        let (container_id, ifname) = (reg.container_id.clone(), reg.ifname.clone());
+        let (ep, recreated) = {
+            let mut state = self.state.lock().expect("state lock");
+            // A repeated CNI ADD recreates the veth under the same name: the
+            // old attachment died with the old interface index.
+            let recreated = state
+                .endpoint(&container_id, &ifname)
+                .is_some_and(|old| old.host_ifindex != reg.host_ifindex);
+            let ep = state.upsert_endpoint(&reg);
+            (to_api(&ep), recreated)
+        };
+        self.rebuild_index();
+        let attach = {
+            let mut dp = self.datapath.lock().expect("datapath lock");
+            if recreated && let Err(e) = dp.detach(&host_ifname) {
+                debug!(ifname = %host_ifname, error = %e, "detaching the stale attachment");
+            }
+            dp.attach(&host_ifname)
+        };
+        match attach {
+            Ok(_) => {
+                info!(endpoint = ep.id, pod = %format!("{}/{}", ep.registration.namespace, ep.registration.pod), ifname = %host_ifname, "endpoint attached");
+                self.update_endpoint_gauge();
+                Ok(Endpoint {
+                    attached: true,
+                    ..ep
+                })
+            }
+            Err(e) => {
+                warn!(ifname = %host_ifname, error = %e, "attach failed, endpoint not registered");
+                self.state
+                    .lock()
+                    .expect("state lock")
+                    .remove_endpoint(&container_id, &ifname);
+                self.rebuild_index();
+                Err(format!("attaching to {host_ifname}: {e}"))
+            }
+        }
+    }
+
+    /// Detaches and forgets an endpoint; `false` if it was not known.
+    pub fn unregister_endpoint(&self, container_id: &str, ifname: &str) -> bool {
+        let removed = self
+            .state
+            .lock()
+            .expect("state lock")
+            .remove_endpoint(container_id, ifname);
+        let Some(ep) = removed else {
+            return false;
+        };
+        if let Err(e) = self
+            .datapath
+            .lock()
+            .expect("datapath lock")
+            .detach(&ep.host_ifname)
+        {
+            warn!(ifname = %ep.host_ifname, error = %e, "detach failed");
+        }
+        self.rebuild_index();
+        self.update_endpoint_gauge();
+        info!(endpoint = ep.id, container_id, ifname, "endpoint removed");
+        true
+    }
+
+    fn rebuild_index(&self) {
+        let index = self
+            .state
+            .lock()
+            .expect("state lock")
+            .endpoint_index(&self.node_name);
+        *self.index.write().expect("index lock") = Arc::new(index);
+    }
+
+    fn current_index(&self) -> Arc<EndpointIndex> {
+        self.index.read().expect("index lock").clone()
+    }
+
+    fn update_endpoint_gauge(&self) {
+        let n = self.state.lock().expect("state lock").endpoints().count();
+        self.metrics.endpoints.set(n as i64);
+    }
+
+    /// Endpoints whose host interface disappeared without a CNI DEL reaching
+    /// us (agent down during DEL, node reboot): forget them.
+    fn collect_garbage(&self) {
+        let gone: Vec<(String, String)> = {
+            let state = self.state.lock().expect("state lock");
+            state
+                .endpoints()
+                .filter(|ep| !crate::netns::ifindex_exists(ep.host_ifindex))
+                .map(|ep| (ep.container_id.clone(), ep.ifname.clone()))
+                .collect()
+        };
+        for (cid, ifname) in gone {
+            info!(container_id = %cid, ifname = %ifname, "host interface gone, removing endpoint");
+            self.unregister_endpoint(&cid, &ifname);
+        }
+    }
+}
+
+fn to_api(ep: &weir_state::Endpoint) -> Endpoint {
+    Endpoint {
+        id: ep.id,
+        registration: ep.registration(),
+        attached: true,
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Called on the main thread before any
+/// other thread exists, so entering `--netns` moves the whole process.
+pub fn run(cfg: Validated) -> anyhow::Result<()> {
+    // Bound here, in the machine's namespace, before we move into --netns.
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => Some(bind_metrics(addr)?),
+        None => None,
+    };
+    if let Some(ns) = &cfg.config.netns {
+        crate::netns::enter(ns)?;
+        info!(netns = %ns.display(), "datapath runs in network namespace");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("weir-agent")
+        .build()
+        .context("building the tokio runtime")?;
+    rt.block_on(run_async(cfg, metrics_listener))
+}
+
+fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for metrics on {addr} (option metrics.address)"))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+async fn run_async(
+    cfg: Validated,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let c = &cfg.config;
+    let opts = DatapathOptions {
+        report_interval: cfg.report_interval,
+        aggregation: match c.datapath.aggregation {
+            Aggregation::Full => weir_datapath::Aggregation::Full,
+            Aggregation::None => weir_datapath::Aggregation::None,
+        },
+        ring_bytes: c.datapath.ring_buffer_bytes,
+        conntrack_entries: c.datapath.conntrack_entries,
+    };
+    let load_started = Instant::now();
+    let mut datapath = Datapath::load(&opts).context("loading the eBPF datapath")?;
+    let attach_mode = datapath.attach_mode().as_str();
+    info!(
+        attach_mode,
+        ms = load_started.elapsed().as_millis() as u64,
+        "datapath loaded"
+    );
+    let reader = datapath
+        .take_events()
+        .context("opening the event ring buffer")?;
+
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    metrics
+        .ring_buffer_capacity_bytes
+        .set(i64::from(c.datapath.ring_buffer_bytes));
+    metrics
+        .conntrack_capacity
+        .set(i64::from(c.datapath.conntrack_entries));
+    let store =
+        FlowStore::with_capacity(c.flows.ring_capacity).context("option flows.ringCapacity")?;
+    metrics.flow_ring_capacity.set(store.capacity() as i64);
+
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        node_name: cfg.node_name.clone(),
+        started: Instant::now(),
+        datapath: Mutex::new(datapath),
+        state: Mutex::new(ClusterState::new()),
+        index: RwLock::new(Arc::new(EndpointIndex::new())),
+        store,
+        metrics,
+        ready: AtomicBool::new(false),
+        kernel_lost: AtomicU64::new(0),
+        metrics_addr,
+        attach_mode,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(l) = metrics_listener {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        info!(addr = %shared.metrics_addr, "serving /metrics");
+        tasks.spawn(crate::metrics_http::serve(
+            l,
+            shared.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+
+    // Desired state first, so the first flows are already enriched.
+    if let Some(dir) = c.manifests.clone() {
+        let watch = weir_state::manifests::ManifestSource::watch(&dir)
+            .with_context(|| format!("option manifests: watching {}", dir.display()))?;
+        tasks.spawn(follow_manifests(watch, shared.clone(), shutdown_rx.clone()));
+    }
+
+    tasks.spawn(read_events(reader, shared.clone(), shutdown_rx.clone()));
+    tasks.spawn(poll_datapath(shared.clone(), shutdown_rx.clone()));
+
+    match &cfg.flow_log {
+        FlowLogOutput::Off => {}
+        out => {
+            let format = match c.flow_log.format {
+                FlowLogFormat::Json => weir_flows::export::OutputFormat::Json,
+                FlowLogFormat::Compact => weir_flows::export::OutputFormat::Compact,
+            };
+            let sink = match out {
+                FlowLogOutput::File(p) => weir_flows::export::FlowLogTarget::File(p.clone()),
+                _ => weir_flows::export::FlowLogTarget::Stdout,
+            };
+            let sub = shared.store.subscribe("flow_log", c.flow_log.queue);
+            let writer = weir_flows::export::FlowLogWriter::new(sink, format, &cfg.node_name);
+            let writer_stats = writer.stats();
+            let m = shared.metrics.clone();
+            let mut stop2 = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            m.flow_log_lines.set_total(writer_stats.lines_written());
+                            m.flow_log_write_errors.set_total(writer_stats.write_errors());
+                        }
+                        _ = stop2.changed() => return Ok(()),
+                    }
+                }
+            });
+            let mut stop = shutdown_rx.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    r = writer.run(sub) => r.context("option flowLog.output"),
+                    _ = stop.changed() => Ok(()),
+                }
+            });
+        }
+    }
+
+    let listener = crate::server::bind(&c.socket).await?;
+    let app = crate::server::router(shared.clone());
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
+            .context("local API server")
+    });
+    shared.ready.store(true, Ordering::Release);
+    info!(socket = %c.socket.display(), node = %cfg.node_name, "agent ready");
+
+    let result = wait_for_shutdown(&mut tasks).await;
+    let _ = shutdown_tx.send(true);
+    let drain = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    });
+    if drain.await.is_err() {
+        warn!("tasks did not stop within 5 s, aborting them");
+        tasks.abort_all();
+    }
+    let _ = std::fs::remove_file(&c.socket);
+    // Dropping the datapath detaches every program (the links are owned here).
+    info!("agent stopped");
+    result
+}
+
+async fn wait_for_shutdown(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => { info!("SIGTERM: shutting down"); Ok(()) }
+        _ = int.recv() => { info!("SIGINT: shutting down"); Ok(()) }
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a task of the agent ended unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a task of the agent panicked: {e}")),
+        },
+    }
+}
+
+async fn follow_manifests(
+    watch: weir_state::manifests::ManifestWatch,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut rx = watch.subscribe();
+    // Sync health (last scan time) changes on every rescan, not only when the
+    // objects do, so it is copied on a timer as well.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_generation = None;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if seen_generation != Some(snap.generation) {
+            seen_generation = Some(snap.generation);
+            for e in &snap.errors {
+                warn!(error = %e, "manifest refused; other objects stay in force");
+            }
+            shared
+                .state
+                .lock()
+                .expect("state lock")
+                .set_manifests(snap.objects.iter().cloned());
+            shared.rebuild_index();
+            debug!(
+                objects = snap.objects.len(),
+                errors = snap.errors.len(),
+                "manifests applied"
+            );
+        }
+        observe_sync(&shared.metrics, &watch.status());
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Ok(()) },
+            _ = tick.tick() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn read_events(
+    mut reader: weir_datapath::EventReader,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut decoder = weir_flows::decode::Decoder::new(&shared.node_name);
+    loop {
+        let index = shared.current_index();
+        let store = &shared.store;
+        let metrics = &shared.metrics;
+        tokio::select! {
+            r = reader.next_batch(READ_BATCH, |ev| {
+                let flow = decoder.decode(ev, &index);
+                metrics.observe_flow(&flow);
+                store.push(flow);
+            }) => { r.context("reading the event ring buffer")?; }
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Copies kernel counters into metrics once a second; reports lost events.
+async fn poll_datapath(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        n += 1;
+        let s = shared.clone();
+        let every5 = n.is_multiple_of(5);
+        let polled = tokio::task::spawn_blocking(move || {
+            let dp = s.datapath.lock().expect("datapath lock");
+            let counters = dp.counters();
+            let ct = if every5 {
+                Some(dp.conntrack_entries())
+            } else {
+                None
+            };
+            drop(dp);
+            if every5 {
+                s.collect_garbage();
+            }
+            (counters, ct)
+        })
+        .await?;
+        match polled.0 {
+            Ok(c) => {
+                let lost = c.stats[weir_common::stat::EVENTS_LOST as usize];
+                let before = shared.kernel_lost.swap(lost, Ordering::Relaxed);
+                if lost > before {
+                    warn!(
+                        lost = lost - before,
+                        total = lost,
+                        "kernel ring buffer full: events lost"
+                    );
+                    shared.store.report_lost(
+                        weir_flows::flow::LostEventSource::PerfEventRingBuffer,
+                        lost - before,
+                    );
+                }
+                observe_datapath(&shared.metrics, &c);
+            }
+            Err(e) => warn!(error = %e, "reading datapath counters"),
+        }
+        if let Some(ct) = polled.1 {
+            match ct {
+                Ok(n) => shared.metrics.conntrack_entries.set(n as i64),
+                Err(e) => warn!(error = %e, "counting conntrack entries"),
+            }
+        }
+        shared.metrics.observe_store(&shared.store);
+    }
+}
+
+fn observe_datapath(m: &Metrics, c: &weir_datapath::Counters) {
+    use weir_common::stat;
+    m.datapath_packets
+        .set_total(c.stats[stat::PACKETS as usize]);
+    m.datapath_bytes.set_total(c.stats[stat::BYTES as usize]);
+    m.datapath_events_emitted
+        .set_total(c.stats[stat::EVENTS_EMITTED as usize]);
+    m.conntrack_created
+        .set_total(c.stats[stat::CT_CREATED as usize]);
+    m.set_lost_events_total(
+        weir_flows::metrics::LostSource::KernelRingBuffer,
+        c.stats[stat::EVENTS_LOST as usize],
+    );
+    for (i, total) in c.parse_errors.iter().enumerate() {
+        m.set_parse_errors_total(i as u32, *total);
+    }
+    m.ring_buffer_pending_bytes
+        .set(i64::try_from(c.ring_pending_bytes).unwrap_or(i64::MAX));
+}
+
+fn observe_sync(m: &Metrics, s: &weir_state::manifests::SyncStatus) {
+    for (kind, n) in &s.objects {
+        m.set_state_objects(kind.as_str(), *n as i64);
+    }
+    weir_flows::metrics::set_counter_total(&m.state_sync_errors, s.errors_total);
+    if let Some(t) = s.last_success
+        && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+    {
+        m.state_last_sync_timestamp.set(d.as_secs_f64());
+    }
+}

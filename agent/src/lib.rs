@@ -1,0 +1,12 @@
+//! The `weir` binary's library: the node agent and its subcommands.
+//!
+//! `main.rs` only parses arguments and calls [`cli::main`]. The modules here
+//! wire the crates under `agent/` together; the datapath crate is the only
+//! one that touches aya.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod metrics_http;
+pub mod netns;
+pub mod server;

@@ -1,0 +1,600 @@
+use std::fs;
+use std::net::IpAddr;
+
+use super::*;
+use crate::model::{ContainerPort, Namespace, Pod, Protocol};
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().expect("tempdir"))
+    }
+    fn write(&self, name: &str, text: &str) {
+        let path = self.0.path().join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(path, text).unwrap();
+    }
+    fn remove(&self, name: &str) {
+        fs::remove_file(self.0.path().join(name)).unwrap();
+    }
+    fn load(&self) -> LoadResult {
+        load_dir(self.0.path())
+    }
+}
+
+fn pods(objects: &[LoadedObject]) -> Vec<&Pod> {
+    objects
+        .iter()
+        .filter_map(|o| match &o.object {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_texts(r: &LoadResult) -> Vec<String> {
+    r.errors.iter().map(ToString::to_string).collect()
+}
+
+/// Loads one file and returns its only error's text.
+fn only_error(name: &str, text: &str) -> String {
+    let d = Dir::new();
+    d.write(name, text);
+    let r = d.load();
+    assert_eq!(
+        r.errors.len(),
+        1,
+        "expected exactly one error, got {:?}",
+        error_texts(&r)
+    );
+    r.errors[0].to_string()
+}
+
+const MULTI: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    team: payments
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d9f8-abcde
+  namespace: shop
+  uid: 1234-5678
+  labels:
+    app: web
+    pod-template-hash: 7d9f8
+  annotations:
+    example.com/note: "free text, any value"
+  ownerReferences:
+    - apiVersion: apps/v1
+      kind: ReplicaSet
+      name: web-7d9f8
+      controller: true
+spec:
+  nodeName: node-1
+  serviceAccountName: web
+  containers:
+    - name: app
+      image: nginx
+      ports:
+        - containerPort: 80
+          name: http
+        - containerPort: 5353
+          protocol: UDP
+    - name: sidecar
+      ports:
+        - containerPort: 9090
+          protocol: SCTP
+status:
+  podIP: 10.0.0.5
+  podIPs:
+    - ip: 10.0.0.5
+    - ip: fd00::5
+---
+# an empty document between two is not counted
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: plain
+spec:
+  hostNetwork: true
+"#;
+
+#[test]
+fn multi_document_yaml() {
+    let d = Dir::new();
+    d.write("all.yaml", MULTI);
+    let r = d.load();
+    assert!(r.errors.is_empty(), "{:?}", error_texts(&r));
+    assert!(r.complete);
+    assert_eq!(r.files, 1);
+    assert_eq!(r.objects.len(), 3);
+    let ns = &r.objects[0];
+    assert_eq!(
+        ns.position,
+        Position {
+            document: 1,
+            item: None
+        }
+    );
+    let Object::Namespace(Namespace { name, labels, .. }) = &ns.object else {
+        panic!("first object should be the namespace: {ns:?}");
+    };
+    assert_eq!(name, "shop");
+    assert_eq!(labels.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        labels
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("shop"),
+        "the API server's automatic namespace label is added"
+    );
+
+    let p = pods(&r.objects);
+    let web = p[0];
+    assert_eq!(
+        (web.namespace.as_str(), web.name.as_str()),
+        ("shop", "web-7d9f8-abcde")
+    );
+    assert_eq!(web.uid, "1234-5678");
+    assert_eq!(web.labels.len(), 2);
+    assert_eq!(web.annotations["example.com/note"], "free text, any value");
+    assert_eq!(web.node_name, "node-1");
+    assert_eq!(web.service_account, "web");
+    assert!(!web.host_network);
+    assert_eq!(
+        web.workload(),
+        Some("web"),
+        "ReplicaSet owner maps to its Deployment"
+    );
+    assert_eq!(
+        web.pod_ips,
+        vec![
+            "10.0.0.5".parse::<IpAddr>().unwrap(),
+            "fd00::5".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        web.ports,
+        vec![
+            ContainerPort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp
+            },
+            ContainerPort {
+                name: None,
+                port: 5353,
+                protocol: Protocol::Udp
+            },
+            ContainerPort {
+                name: None,
+                port: 9090,
+                protocol: Protocol::Sctp
+            },
+        ]
+    );
+    let plain = p[1];
+    assert_eq!(plain.namespace, "default", "namespace defaults to default");
+    assert!(plain.host_network);
+    assert!(plain.pod_ips.is_empty());
+    assert_eq!(
+        r.objects[2].position.document, 3,
+        "empty documents are not counted"
+    );
+}
+
+#[test]
+fn list_and_json() {
+    let d = Dir::new();
+    d.write(
+        "a-list.yaml",
+        r#"
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Namespace
+    metadata: {name: one}
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: p1, namespace: one}
+    status: {podIP: "fd00::1"}
+"#,
+    );
+    d.write(
+        "b.json",
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p2", "namespace": "one",
+            "labels": {"app": "db"}}, "status": {"podIPs": [{"ip": "10.1.0.2"}]}}
+           {"apiVersion": "v1", "kind": "PodList", "items": [
+             {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p3"}}]}"#,
+    );
+    d.write(
+        "sub/dir/c.yml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: two\n",
+    );
+    d.write("ignored.txt", "not: a manifest\n");
+    d.write(".hidden.yaml", "this: [is not read\n");
+    let r = d.load();
+    assert!(r.errors.is_empty(), "{:?}", error_texts(&r));
+    assert_eq!(
+        r.files, 3,
+        "only .yaml/.yml/.json, hidden skipped, recursive"
+    );
+    let keys: Vec<String> = r
+        .objects
+        .iter()
+        .map(|o| o.object.key().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "Namespace one",
+            "Pod one/p1",
+            "Pod one/p2",
+            "Pod default/p3",
+            "Namespace two"
+        ],
+        "sorted file order, then document and item order"
+    );
+    assert_eq!(
+        r.objects[1].position,
+        Position {
+            document: 1,
+            item: Some(2)
+        }
+    );
+    assert_eq!(
+        r.objects[3].position,
+        Position {
+            document: 2,
+            item: Some(1)
+        }
+    );
+    assert_eq!(r.objects[4].file, PathBuf::from("sub/dir/c.yml"));
+    let p = pods(&r.objects);
+    assert_eq!(p[0].pod_ips, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(p[1].pod_ips, vec!["10.1.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(p[1].labels["app"], "db");
+}
+
+#[test]
+fn unknown_kinds_are_skipped_and_counted() {
+    let d = Dir::new();
+    d.write(
+        "mixed.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: e}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\n",
+    );
+    let r = d.load();
+    assert!(r.errors.is_empty(), "{:?}", error_texts(&r));
+    assert_eq!(r.objects.len(), 1);
+    assert_eq!(r.skipped_kinds.get("apps/v1 Deployment"), Some(&2));
+    assert_eq!(r.skipped_kinds.get("v1 ConfigMap"), Some(&1));
+}
+
+const POD_A: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: first\n  namespace: x\n";
+
+#[test]
+fn error_names_file_object_and_field() {
+    let bad = format!(
+        "{POD_A}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\nspec:\n  containers:\n  - name: c\n    ports:\n    - containerPort: 80\n    - containerPort: 81\n      protocol: TCPX\n"
+    );
+    assert_eq!(
+        only_error("pods.yaml", &bad),
+        r#"pods.yaml: document 2 (Pod x/a): field spec.containers[0].ports[1].protocol: unknown protocol "TCPX" (expected TCP, UDP or SCTP)"#
+    );
+}
+
+fn pod_with(extra: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\n{extra}")
+}
+
+#[test]
+fn each_validation_error() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "missing name",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: x\n".into(),
+            "p.yaml: document 1 (Pod x/<unnamed>): field metadata.name: required value",
+        ),
+        (
+            "no metadata",
+            "apiVersion: v1\nkind: Namespace\n".into(),
+            "p.yaml: document 1 (Namespace <unnamed>): field metadata.name: required value",
+        ),
+        (
+            "pod name",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Web_1\n".into(),
+            "p.yaml: document 1 (Pod default/Web_1): field metadata.name: \"Web_1\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        ),
+        (
+            "namespace name",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a.b\n".into(),
+            "p.yaml: document 1 (Namespace a.b): field metadata.name: \"a.b\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+        ),
+        (
+            "pod namespace",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: Prod\n".into(),
+            "p.yaml: document 1 (Pod Prod/a): field metadata.namespace: \"Prod\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+        ),
+        (
+            "label key",
+            pod_with("  labels:\n    bad key: v\n"),
+            "p.yaml: document 1 (Pod x/a): field metadata.labels: key \"bad key\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+        ),
+        (
+            "label key prefix",
+            pod_with("  labels:\n    Example.com/app: v\n"),
+            "p.yaml: document 1 (Pod x/a): field metadata.labels: key \"Example.com/app\": prefix part must be a lowercase RFC 1123 subdomain (at most 253 characters)",
+        ),
+        (
+            "label key length",
+            pod_with(&format!("  labels:\n    {}: v\n", "k".repeat(64))),
+            &*Box::leak(format!("p.yaml: document 1 (Pod x/a): field metadata.labels: key \"{}\": name part must be no more than 63 characters", "k".repeat(64)).into_boxed_str()),
+        ),
+        (
+            "label value",
+            pod_with("  labels:\n    app: \"-web\"\n"),
+            "p.yaml: document 1 (Pod x/a): field metadata.labels[app]: value \"-web\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+        ),
+        (
+            "label value type",
+            pod_with("  labels:\n    version: 2\n"),
+            "p.yaml: document 1 (Pod x/a): field metadata.labels[version]: expected a string, found number 2",
+        ),
+        (
+            "port range",
+            pod_with("spec:\n  containers:\n  - ports:\n    - containerPort: 70000\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.containers[0].ports[0].containerPort: 70000: must be between 1 and 65535, inclusive",
+        ),
+        (
+            "port zero",
+            pod_with("spec:\n  containers:\n  - ports:\n    - containerPort: 0\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.containers[0].ports[0].containerPort: 0: must be between 1 and 65535, inclusive",
+        ),
+        (
+            "port type",
+            pod_with("spec:\n  containers:\n  - ports:\n    - containerPort: \"80\"\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.containers[0].ports[0].containerPort: expected an integer, found string \"80\"",
+        ),
+        (
+            "port missing",
+            pod_with("spec:\n  containers:\n  - ports:\n    - name: http\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.containers[0].ports[0].containerPort: required value",
+        ),
+        (
+            "port name",
+            pod_with("spec:\n  containers:\n  - ports:\n    - containerPort: 80\n      name: web--http\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.containers[0].ports[0].name: \"web--http\": must not contain consecutive hyphens",
+        ),
+        (
+            "pod ip",
+            pod_with("status:\n  podIP: 10.0.0.300\n"),
+            "p.yaml: document 1 (Pod x/a): field status.podIP: \"10.0.0.300\": must be a valid IP address",
+        ),
+        (
+            "pod ips mismatch",
+            pod_with("status:\n  podIP: 10.0.0.1\n  podIPs:\n  - ip: 10.0.0.2\n"),
+            "p.yaml: document 1 (Pod x/a): field status.podIPs[0].ip: 10.0.0.2 must be the same as status.podIP (10.0.0.1)",
+        ),
+        (
+            "host network type",
+            pod_with("spec:\n  hostNetwork: \"yes\"\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.hostNetwork: expected a boolean, found string \"yes\"",
+        ),
+        (
+            "containers type",
+            pod_with("spec:\n  containers: {}\n"),
+            "p.yaml: document 1 (Pod x/a): field spec.containers: expected a list, found a mapping",
+        ),
+        (
+            "missing kind",
+            "apiVersion: v1\nmetadata:\n  name: a\n".into(),
+            "p.yaml: document 1 (object a): field kind: required value",
+        ),
+        (
+            "not an object",
+            "- just\n- a list\n".into(),
+            "p.yaml: document 1: expected a Kubernetes object (a mapping with apiVersion and kind), found a list",
+        ),
+        (
+            "list item",
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: ok}\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: b, namespace: x}\n  status: {podIPs: [{}]}\n".into(),
+            "p.yaml: document 1, item 2 (Pod x/b): field status.podIPs[0].ip: required value",
+        ),
+    ];
+    for (what, text, expected) in cases {
+        assert_eq!(&only_error("p.yaml", text), expected, "case {what:?}");
+    }
+}
+
+#[test]
+fn duplicates_keep_the_first() {
+    let d = Dir::new();
+    d.write("a.yaml", POD_A);
+    d.write("b.yaml", &format!("{POD_A}  labels: {{v: two}}\n"));
+    let r = d.load();
+    assert_eq!(r.objects.len(), 1);
+    assert_eq!(r.objects[0].file, PathBuf::from("a.yaml"));
+    assert_eq!(
+        error_texts(&r),
+        [
+            "b.yaml: document 1 (Pod x/first): field metadata.name: duplicate: already defined in a.yaml: document 1 (this one is ignored)"
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let yaml = only_error(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n",
+    );
+    assert!(yaml.starts_with("broken.yaml: line "), "{yaml}");
+    assert!(yaml.contains("invalid YAML"), "{yaml}");
+    let json = only_error(
+        "broken.json",
+        "{\"apiVersion\": \"v1\",\n \"kind\": \"Pod\"\n \"metadata\": {}}",
+    );
+    assert!(
+        json.starts_with("broken.json: line 3: invalid JSON"),
+        "{json}"
+    );
+    let d = Dir::new();
+    d.write("broken.yaml", "a: b\n  c: [\n");
+    let r = d.load();
+    let ManifestError::Syntax { line, .. } = &r.errors[0] else {
+        panic!("expected a syntax error: {:?}", r.errors);
+    };
+    assert!(*line >= 1, "line is known");
+    assert_eq!(r.failed_paths, [PathBuf::from("broken.yaml")]);
+}
+
+#[test]
+fn missing_directory() {
+    let d = Dir::new();
+    let r = load_dir(&d.0.path().join("nope"));
+    assert!(!r.complete);
+    assert!(matches!(r.errors[..], [ManifestError::Directory { .. }]));
+    assert!(r.errors[0].to_string().contains("nope"), "{}", r.errors[0]);
+}
+
+fn served_pod<'a>(s: &'a Snapshot, ns: &str, name: &str) -> Option<&'a Pod> {
+    let key = ObjectKey {
+        kind: Kind::Pod,
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    match s.get(&key) {
+        Some(Object::Pod(p)) => Some(p),
+        _ => None,
+    }
+}
+
+#[test]
+fn last_good_version_is_kept() {
+    let d = Dir::new();
+    let mut src = ManifestSource::new(d.0.path());
+    let good = |label: &str| {
+        format!(
+            "{POD_A}  labels: {{v: \"{label}\"}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: other, namespace: x}}\n"
+        )
+    };
+    d.write("pods.yaml", &good("one"));
+    let s1 = src.reload();
+    assert!(s1.errors.is_empty());
+    assert_eq!(served_pod(&s1, "x", "first").unwrap().labels["v"], "one");
+    assert_eq!(s1.status.objects[&Kind::Pod], 2);
+    assert!(s1.status.last_success.is_some());
+
+    // Invalid new version: old one stays, the other object takes its update.
+    d.write(
+        "pods.yaml",
+        &format!(
+            "{POD_A}  labels: {{v: \"bad value\"}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: other, namespace: x, labels: {{new: \"yes\"}}}}\n"
+        ),
+    );
+    let s2 = src.reload();
+    assert_eq!(
+        s2.errors.len(),
+        1,
+        "{:?}",
+        s2.errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        s2.errors[0]
+            .to_string()
+            .contains("(Pod x/first): field metadata.labels[v]")
+    );
+    assert_eq!(
+        served_pod(&s2, "x", "first").unwrap().labels["v"],
+        "one",
+        "last good kept"
+    );
+    assert_eq!(
+        served_pod(&s2, "x", "other").unwrap().labels["new"],
+        "yes",
+        "others keep working"
+    );
+    assert!(s2.generation > s1.generation);
+    assert_eq!(s2.status.errors, 1);
+    assert_eq!(s2.status.errors_total, 1);
+
+    // Same bad content again: nothing new, the error is not counted twice.
+    let s3 = src.reload();
+    assert_eq!(
+        s3.generation, s2.generation,
+        "unchanged content, same generation"
+    );
+    assert_eq!(s3.status.errors_total, 1);
+    assert_eq!(s3.status.scans_total, 3);
+
+    // Fixed: the new version is served.
+    d.write("pods.yaml", &good("two"));
+    let s4 = src.reload();
+    assert!(s4.errors.is_empty());
+    assert_eq!(served_pod(&s4, "x", "first").unwrap().labels["v"], "two");
+    assert_eq!(s4.status.errors, 0);
+
+    // Whole file broken: all its objects stay; another file's removal still applies.
+    d.write(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
+    );
+    let s5 = src.reload();
+    assert_eq!(s5.objects.len(), 3);
+    d.write("pods.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [oops\n");
+    d.remove("ns.yaml");
+    let s6 = src.reload();
+    assert_eq!(s6.errors.len(), 1);
+    assert!(matches!(s6.errors[0], ManifestError::Syntax { .. }));
+    assert!(served_pod(&s6, "x", "first").is_some());
+    assert!(served_pod(&s6, "x", "other").is_some());
+    assert_eq!(
+        s6.objects.len(),
+        2,
+        "the namespace of the removed file is gone"
+    );
+
+    // Object removed from a valid file: removed.
+    d.write("pods.yaml", POD_A);
+    let s7 = src.reload();
+    assert!(s7.errors.is_empty());
+    assert!(served_pod(&s7, "x", "first").is_some());
+    assert!(
+        served_pod(&s7, "x", "other").is_none(),
+        "removed from the files: removed"
+    );
+
+    // Invalid object that never was valid: not served.
+    d.write(
+        "new.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fresh, labels: {a: \"b c\"}}\n",
+    );
+    let s8 = src.reload();
+    assert!(served_pod(&s8, "default", "fresh").is_none());
+    assert_eq!(s8.errors.len(), 1);
+
+    // Directory gone: everything is kept, last success does not move.
+    let dir = d.0.path().to_path_buf();
+    let last = s8.status.last_success;
+    fs::remove_dir_all(&dir).unwrap();
+    let s9 = src.reload();
+    assert!(matches!(s9.errors[..], [ManifestError::Directory { .. }]));
+    assert_eq!(s9.objects, s8.objects);
+    assert_eq!(s9.status.last_success, last);
+}

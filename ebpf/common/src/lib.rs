@@ -1,0 +1,245 @@
+//! The one ABI between Weir's eBPF programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and a compile-time
+//! size check, because the same bytes are written by the kernel programs
+//! (target `bpfel-unknown-none`) and read by the agent. This crate must stay
+//! `no_std` and free of logic beyond constants and plain records: parsing,
+//! policy and enrichment live elsewhere.
+#![no_std]
+
+/// Why an event was emitted by the in-kernel aggregation.
+pub mod emit {
+    /// First packet of a connection seen at this observation point.
+    pub const NEW: u8 = 1;
+    /// A TCP flag (SYN, SYN-ACK, FIN, RST) appeared for the first time in this direction.
+    pub const TCP_FLAG: u8 = 2;
+    /// Periodic report of a long-lived connection (at most once per report interval).
+    pub const REPORT: u8 = 3;
+    /// `aggregation: none`: one event per packet.
+    pub const PACKET: u8 = 4;
+}
+
+/// Where on the endpoint's host-side veth the packet was seen.
+pub mod obs {
+    /// tc ingress of the host-side veth: the packet leaves the pod (Hubble FROM_ENDPOINT).
+    pub const FROM_ENDPOINT: u8 = 1;
+    /// tc egress of the host-side veth: the packet is delivered to the pod (Hubble TO_ENDPOINT).
+    pub const TO_ENDPOINT: u8 = 2;
+}
+
+/// Verdicts, numbered as Hubble's `flow.Verdict`.
+pub mod verdict {
+    pub const FORWARDED: u8 = 1;
+    pub const DROPPED: u8 = 2;
+    pub const AUDIT: u8 = 4;
+}
+
+/// TCP flag bits as they appear in the TCP header's flags byte.
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// Bits of [`FlowEvent::flags`].
+pub mod flag {
+    /// The packet travels from the responder to the initiator of the connection.
+    pub const REPLY: u8 = 0x01;
+    /// The packet is an IP fragment; L4 fields are only present in the first one.
+    pub const FRAGMENT: u8 = 0x02;
+    /// The L4 header was absent or unparsed (e.g. a non-first fragment, an unknown protocol).
+    pub const NO_L4: u8 = 0x04;
+}
+
+/// Address families in [`FlowEvent::family`].
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Indices of the per-CPU `PARSE_ERRORS` counters: why a packet could not be
+/// (fully) parsed. Such packets are always passed, never dropped.
+pub mod parse_error {
+    /// Shorter than an Ethernet header.
+    pub const TRUNCATED_ETH: u32 = 0;
+    /// Shorter than its IPv4 header / IHL smaller than 5 / total length inconsistent.
+    pub const BAD_IPV4: u32 = 1;
+    /// Shorter than the fixed IPv6 header or a truncated extension header.
+    pub const BAD_IPV6: u32 = 2;
+    /// More IPv6 extension headers than the program walks.
+    pub const IPV6_EXT_LIMIT: u32 = 3;
+    /// L4 header truncated (TCP data offset, UDP or ICMP header shorter than required).
+    pub const TRUNCATED_L4: u32 = 4;
+    /// Ethertype other than IPv4/IPv6 (ARP and friends): not an error, counted for visibility.
+    pub const NON_IP: u32 = 5;
+    /// Number of reasons; size of the map.
+    pub const COUNT: u32 = 6;
+
+    /// Metric label of each reason, indexed by the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "truncated_ethernet",
+        "bad_ipv4",
+        "bad_ipv6",
+        "ipv6_extension_limit",
+        "truncated_l4",
+        "non_ip",
+    ];
+}
+
+/// Indices of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Packets seen by the programs (both directions).
+    pub const PACKETS: u32 = 0;
+    /// Bytes seen by the programs.
+    pub const BYTES: u32 = 1;
+    /// Events written into the ring buffer.
+    pub const EVENTS_EMITTED: u32 = 2;
+    /// Events the kernel could not reserve in the ring buffer (lost, reported by the agent).
+    pub const EVENTS_LOST: u32 = 3;
+    /// New conntrack entries created.
+    pub const CT_CREATED: u32 = 4;
+    /// Conntrack insertions that failed.
+    pub const CT_INSERT_FAILED: u32 = 5;
+    /// Packets dropped by the datapath (any reason).
+    pub const DROPPED: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+/// The runtime configuration of the programs, one entry of the `CONFIG` array map,
+/// written by the agent before it attaches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Minimum nanoseconds between two REPORT events of one connection (default 5 s).
+    pub report_interval_ns: u64,
+    /// 0: aggregate (NEW, TCP_FLAG, REPORT); 1: emit one event per packet.
+    pub aggregation_none: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);
+
+/// Connection-tracking key: the normalized 5-tuple at one observation interface.
+///
+/// Normalized means the (address, port) pair that sorts lower is `a`, so both
+/// directions of a connection find the same entry. IPv4 addresses use the first
+/// four bytes of the 16-byte fields and zero the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    /// Host-side interface index: each endpoint tracks its own view of a connection.
+    pub ifindex: u32,
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+/// Connection-tracking value. Direction 0 is initiator -> responder ("forward").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// When the last event for this connection was emitted.
+    pub last_report_ns: u64,
+    /// Union of TCP flags seen per direction.
+    pub tcp_flags: [u8; 2],
+    /// 1 when the initiator is `addr_a`/`port_a` of the key, 2 when it is `b`.
+    pub initiator: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 64);
+
+/// The fixed-size record written into the ring buffer, one per emitted event.
+///
+/// Addresses are in network byte order, IPv4 in the first four bytes. Ports are
+/// host byte order. Counters are the connection's totals at this observation
+/// point when the event was made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_boot_ns()` when the packet was seen.
+    pub ts_ns: u64,
+    /// When the connection was first seen (boot-time ns).
+    pub first_seen_ns: u64,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Packets and bytes of the connection so far: [forward, reverse].
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub ifindex: u32,
+    /// Length of this packet on the wire.
+    pub pkt_len: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// `family::IPV4` or `family::IPV6`.
+    pub family: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, others passed through).
+    pub proto: u8,
+    /// TCP flags of this packet.
+    pub tcp_flags: u8,
+    /// ICMP type and code (when proto is ICMP/ICMPv6).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// One of `obs::*`.
+    pub obs_point: u8,
+    /// One of `emit::*`.
+    pub emit_reason: u8,
+    /// One of `verdict::*`.
+    pub verdict: u8,
+    /// Hubble drop reason number when `verdict` is DROPPED, else 0.
+    pub drop_reason: u8,
+    /// `flag::*` bits.
+    pub flags: u8,
+    /// Union of TCP flags seen so far: [forward, reverse].
+    pub tcp_flags_seen: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 104);
+
+/// Map names, shared so the agent looks up exactly what the programs define.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const STATS: &str = "STATS";
+    pub const PARSE_ERRORS: &str = "PARSE_ERRORS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Program names as they appear in the object file.
+pub mod programs {
+    /// Attached to tc ingress of the host-side veth (packets from the pod).
+    pub const FROM_ENDPOINT: &str = "weir_from_endpoint";
+    /// Attached to tc egress of the host-side veth (packets to the pod).
+    pub const TO_ENDPOINT: &str = "weir_to_endpoint";
+}
+
+/// Default sizes.
+pub mod defaults {
+    /// Ring buffer bytes (power of two, multiple of the page size).
+    pub const EVENTS_RING_BYTES: u32 = 4 * 1024 * 1024;
+    /// Conntrack LRU entries.
+    pub const CONNTRACK_ENTRIES: u32 = 65_536;
+    /// Default report interval for long-lived connections.
+    pub const REPORT_INTERVAL_NS: u64 = 5_000_000_000;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all types are repr(C), Copy, contain only integers and arrays of
+    // integers, and have explicit padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::FlowEvent {}
+}

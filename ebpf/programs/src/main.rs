@@ -1,0 +1,648 @@
+//! Weir's kernel programs: tc classifiers on an endpoint's host-side veth.
+//!
+//! This crate owns the packet path only: parsing, connection tracking,
+//! in-kernel aggregation and the ring-buffer record. The record layout, map
+//! keys and constants live in `weir-common`; loading, attaching and reading
+//! belong to `weir-datapath`. Nothing here may drop a packet yet (no policy).
+//!
+//! # Hooks
+//!
+//! ## `weir_from_endpoint` (tc ingress of the host-side veth)
+//!
+//! Sees every packet the pod sends, before the host routes it. Observation
+//! point `obs::FROM_ENDPOINT`. Attached with tcx on kernels >= 6.6, else as a
+//! direct-action cls_bpf filter under the clsact qdisc.
+//!
+//! ## `weir_to_endpoint` (tc egress of the host-side veth)
+//!
+//! Sees every packet about to be delivered into the pod. Observation point
+//! `obs::TO_ENDPOINT`. Same attach modes.
+//!
+//! Both hooks run one body, [`observe`], parameterised by the observation point:
+//!
+//! 1. Count the packet (`STATS[PACKETS]`, `STATS[BYTES]`).
+//! 2. Parse Ethernet, IPv4 (options via IHL, fragments) or IPv6 (a bounded
+//!    walk over at most [`MAX_IPV6_EXT`] extension headers), then TCP, UDP,
+//!    ICMPv4 or ICMPv6. Headers are read with `bpf_skb_load_bytes` rather than
+//!    direct packet access: it also works on non-linear skbs (GSO, paged
+//!    frags), and its run-time bounds check keeps variable offsets (IHL,
+//!    extension headers) trivially acceptable to the verifier. A header that
+//!    cannot be read is a parse error: counted in `PARSE_ERRORS` and the
+//!    packet passes untouched. Non-IP frames are counted as `NON_IP`.
+//! 3. One conntrack lookup in the LRU map `CONNTRACK` (key normalised so
+//!    both directions share the entry, scoped to the skb's ifindex). A miss
+//!    creates the entry and decides the initiator; so does a bare SYN on an
+//!    entry that already saw FIN or RST (the ports were reused).
+//! 4. Decide whether to emit a `FlowEvent` into the ring buffer `EVENTS`:
+//!    NEW, TCP_FLAG (first SYN/FIN/RST per direction), REPORT (at most once per
+//!    report interval) or, with `aggregation_none`, PACKET for every packet.
+//!    A failed ring reservation is counted in `STATS[EVENTS_LOST]`.
+//! 5. Return [`TC_PASS`].
+//!
+//! # Concurrency
+//!
+//! Both directions of a connection may run on different CPUs at once.
+//! Per-direction packet and byte counters use atomic adds (`lock xadd`, the
+//! result is never used so it is valid on every BPF CPU version). The TCP
+//! flag union and the report timestamp are plain stores: a race can at worst
+//! emit one duplicate TCP_FLAG or REPORT event, which the agent tolerates, and
+//! is cheaper than a compare-and-swap on every packet.
+#![no_std]
+#![no_main]
+// The bpf target has no compare-and-swap, so core's AtomicU64 offers no
+// fetch_add; the intrinsic lowers to BPF's atomic add, which the target has.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK},
+    helpers::generated::bpf_ktime_get_boot_ns,
+    macros::{classifier, map},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use weir_common::{
+    CtKey, CtValue, DatapathConfig, FlowEvent, defaults, emit, family, flag, obs, parse_error,
+    stat, tcp, verdict,
+};
+
+/// The value both hooks return: let the packet continue.
+///
+/// `TC_ACT_OK` (cls_bpf direct-action) and `TCX_PASS` (tcx) are both 0, so one
+/// constant is right under either attach mode. It ends the classification on
+/// this hook; returning `TC_ACT_UNSPEC`/`TCX_NEXT` (-1) would instead let
+/// programs attached after ours run, which matters once other tc programs
+/// share the veth, but then the final verdict would not be ours.
+const TC_PASS: i32 = TC_ACT_OK;
+
+/// How many IPv6 extension headers the parser walks before giving up
+/// (`parse_error::IPV6_EXT_LIMIT`). Real traffic carries one or two.
+const MAX_IPV6_EXT: usize = 6;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// TCP flags that produce a TCP_FLAG event the first time they appear in a
+/// direction. SYN in the reply direction is the SYN-ACK.
+const TCP_EVENT_FLAGS: u8 = tcp::SYN | tcp::FIN | tcp::RST;
+
+/// Flow events; sized by the agent at load time (`EbpfLoader::set_max_entries`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::EVENTS_RING_BYTES, 0);
+
+/// Connection tracking; sized by the agent at load time. LRU so a full table
+/// evicts idle connections instead of failing inserts.
+#[map]
+static CONNTRACK: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(defaults::CONNTRACK_ENTRIES, 0);
+
+/// Per-CPU counters indexed by `weir_common::stat`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU counters indexed by `weir_common::parse_error`.
+#[map]
+static PARSE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(parse_error::COUNT, 0);
+
+/// Runtime configuration, entry 0, written by the agent before attaching.
+#[map]
+static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+#[classifier]
+pub fn weir_from_endpoint(ctx: TcContext) -> i32 {
+    observe(&ctx, obs::FROM_ENDPOINT)
+}
+
+#[classifier]
+pub fn weir_to_endpoint(ctx: TcContext) -> i32 {
+    observe(&ctx, obs::TO_ENDPOINT)
+}
+
+/// What the parser extracted from one packet. Addresses in network byte
+/// order (IPv4 in the first four bytes), ports in host byte order.
+struct Packet {
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Ports as tracked: for ICMP echo both are the echo identifier so the
+    /// request and its reply share one conntrack entry; 0 for other ICMP.
+    ct_sport: u16,
+    ct_dport: u16,
+    family: u8,
+    proto: u8,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    /// `flag::FRAGMENT` / `flag::NO_L4`.
+    flags: u8,
+}
+
+impl Packet {
+    /// Ports reported in the event: ICMP has none (the echo id is a tracking
+    /// detail, not a port).
+    #[inline(always)]
+    fn event_ports(&self) -> (u16, u16) {
+        if self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6 {
+            (0, 0)
+        } else {
+            (self.ct_sport, self.ct_dport)
+        }
+    }
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, obs_point: u8) -> i32 {
+    let pkt_len = ctx.len();
+    bump(&STATS, stat::PACKETS, 1);
+    bump(&STATS, stat::BYTES, u64::from(pkt_len));
+
+    match parse(ctx, pkt_len) {
+        Ok(pkt) => track(ctx, &pkt, pkt_len, obs_point),
+        Err(reason) => bump(&PARSE_ERRORS, reason, 1),
+    }
+    TC_PASS
+}
+
+/// Adds `n` to this CPU's slot `index` of a per-CPU counter array. No atomics:
+/// the slot belongs to this CPU and tc programs do not migrate mid-run.
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, index: u32, n: u64) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: the pointer is this CPU's value of a live map element.
+        unsafe { *slot += n };
+    }
+}
+
+/// Adds to a u64 inside a shared conntrack value from any CPU. The result is
+/// deliberately unused: that compiles to the plain atomic add every BPF CPU
+/// version supports.
+#[inline(always)]
+fn atomic_add(slot: *mut u64, n: u64) {
+    // SAFETY: `slot` points into a live, 8-byte aligned map value; all
+    // concurrent writers use atomic operations on it.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
+}
+
+#[inline(always)]
+fn be16(b0: u8, b1: u8) -> u16 {
+    u16::from_be_bytes([b0, b1])
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, pkt_len: u32) -> Result<Packet, u32> {
+    if (pkt_len as usize) < ETH_HLEN {
+        return Err(parse_error::TRUNCATED_ETH);
+    }
+    let ethertype: [u8; 2] = ctx.load(12).map_err(|_| parse_error::TRUNCATED_ETH)?;
+    let mut pkt = Packet {
+        src: [0; 16],
+        dst: [0; 16],
+        ct_sport: 0,
+        ct_dport: 0,
+        family: 0,
+        proto: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        flags: 0,
+    };
+    let l4_off = match be16(ethertype[0], ethertype[1]) {
+        ETH_P_IP => parse_ipv4(ctx, pkt_len, &mut pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, pkt_len, &mut pkt)?,
+        _ => return Err(parse_error::NON_IP),
+    };
+    if pkt.flags & flag::NO_L4 == 0 {
+        parse_l4(ctx, pkt_len, l4_off, &mut pkt)?;
+    }
+    Ok(pkt)
+}
+
+/// Parses the IPv4 header; returns the L4 offset. Sets `NO_L4` for non-first
+/// fragments (their payload does not start with an L4 header).
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, pkt_len: u32, pkt: &mut Packet) -> Result<usize, u32> {
+    let h: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| parse_error::BAD_IPV4)?;
+    let ihl = usize::from(h[0] & 0x0f);
+    if h[0] >> 4 != 4 || ihl < 5 {
+        return Err(parse_error::BAD_IPV4);
+    }
+    let hdr_len = ihl * 4;
+    let total_len = usize::from(be16(h[2], h[3]));
+    // A total length of 0 is what BIG TCP GSO packets carry; anything else
+    // must cover the header and fit in the frame (trailing padding is fine).
+    if total_len != 0 && (total_len < hdr_len || ETH_HLEN + total_len > pkt_len as usize) {
+        return Err(parse_error::BAD_IPV4);
+    }
+    if ETH_HLEN + hdr_len > pkt_len as usize {
+        return Err(parse_error::BAD_IPV4);
+    }
+    pkt.family = family::IPV4;
+    pkt.proto = h[9];
+    pkt.src[..4].copy_from_slice(&h[12..16]);
+    pkt.dst[..4].copy_from_slice(&h[16..20]);
+
+    let frag = be16(h[6], h[7]);
+    let more_fragments = frag & 0x2000 != 0;
+    let frag_offset = frag & 0x1fff;
+    if frag_offset != 0 {
+        pkt.flags |= flag::FRAGMENT | flag::NO_L4;
+    } else if more_fragments {
+        pkt.flags |= flag::FRAGMENT;
+    }
+    Ok(ETH_HLEN + hdr_len)
+}
+
+/// Parses the IPv6 header and walks its extension headers; returns the L4
+/// offset and leaves the upper-layer protocol in `pkt.proto`.
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, pkt_len: u32, pkt: &mut Packet) -> Result<usize, u32> {
+    let h: [u8; 40] = ctx.load(ETH_HLEN).map_err(|_| parse_error::BAD_IPV6)?;
+    if h[0] >> 4 != 6 {
+        return Err(parse_error::BAD_IPV6);
+    }
+    let payload_len = usize::from(be16(h[4], h[5]));
+    // 0 is a jumbogram / BIG TCP GSO packet; the hop-by-hop header carries the length.
+    if payload_len != 0 && ETH_HLEN + 40 + payload_len > pkt_len as usize {
+        return Err(parse_error::BAD_IPV6);
+    }
+    pkt.family = family::IPV6;
+    pkt.src.copy_from_slice(&h[8..24]);
+    pkt.dst.copy_from_slice(&h[24..40]);
+
+    let mut next = h[6];
+    let mut off = ETH_HLEN + 40;
+    // A constant-bound loop: the verifier (and LLVM, which unrolls it) sees at
+    // most MAX_IPV6_EXT iterations of straight-line code.
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e: [u8; 2] = ctx.load(off).map_err(|_| parse_error::BAD_IPV6)?;
+                next = e[0];
+                off += (usize::from(e[1]) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let e: [u8; 2] = ctx.load(off).map_err(|_| parse_error::BAD_IPV6)?;
+                next = e[0];
+                off += (usize::from(e[1]) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let e: [u8; 8] = ctx.load(off).map_err(|_| parse_error::BAD_IPV6)?;
+                next = e[0];
+                off += 8;
+                let frag = be16(e[2], e[3]);
+                pkt.flags |= flag::FRAGMENT;
+                if frag >> 3 != 0 {
+                    // Non-first fragment: what follows is the middle of the
+                    // fragmentable part, not a header. Stop here.
+                    pkt.flags |= flag::NO_L4;
+                    pkt.proto = next;
+                    return Ok(off);
+                }
+            }
+            _ => {
+                pkt.proto = next;
+                return Ok(off);
+            }
+        }
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(parse_error::IPV6_EXT_LIMIT)
+        }
+        _ => {
+            pkt.proto = next;
+            Ok(off)
+        }
+    }
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, pkt_len: u32, off: usize, pkt: &mut Packet) -> Result<(), u32> {
+    match pkt.proto {
+        IPPROTO_TCP => {
+            let h: [u8; 20] = ctx.load(off).map_err(|_| parse_error::TRUNCATED_L4)?;
+            let data_off = usize::from(h[12] >> 4) * 4;
+            if data_off < 20 || off + data_off > pkt_len as usize {
+                return Err(parse_error::TRUNCATED_L4);
+            }
+            pkt.ct_sport = be16(h[0], h[1]);
+            pkt.ct_dport = be16(h[2], h[3]);
+            pkt.tcp_flags = h[13];
+        }
+        IPPROTO_UDP => {
+            let h: [u8; 8] = ctx.load(off).map_err(|_| parse_error::TRUNCATED_L4)?;
+            pkt.ct_sport = be16(h[0], h[1]);
+            pkt.ct_dport = be16(h[2], h[3]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Every ICMP message has at least 8 bytes: type, code, checksum
+            // and 4 bytes of type-specific data (the echo id and sequence).
+            let h: [u8; 8] = ctx.load(off).map_err(|_| parse_error::TRUNCATED_L4)?;
+            pkt.icmp_type = h[0];
+            pkt.icmp_code = h[1];
+            let echo = if pkt.proto == IPPROTO_ICMP {
+                h[0] == ICMP_ECHO_REQUEST || h[0] == ICMP_ECHO_REPLY
+            } else {
+                h[0] == ICMPV6_ECHO_REQUEST || h[0] == ICMPV6_ECHO_REPLY
+            };
+            if echo {
+                let id = be16(h[4], h[5]);
+                pkt.ct_sport = id;
+                pkt.ct_dport = id;
+            }
+        }
+        _ => pkt.flags |= flag::NO_L4,
+    }
+    Ok(())
+}
+
+/// Orders two 16-byte addresses as big-endian numbers (same as memcmp).
+#[inline(always)]
+fn addr_lt(a: &[u8; 16], b: &[u8; 16]) -> Option<bool> {
+    let a_hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let b_hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    if a_hi != b_hi {
+        return Some(a_hi < b_hi);
+    }
+    let a_lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let b_lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    if a_lo != b_lo {
+        return Some(a_lo < b_lo);
+    }
+    None
+}
+
+/// Conntrack update and event decision for one parsed packet.
+#[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passing the key and value by value costs 48 more bytes of the 512-byte BPF stack"
+)]
+fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+
+    // The sender is `a` when its (address, port) sorts first.
+    let sender_is_a = match addr_lt(&pkt.src, &pkt.dst) {
+        Some(lt) => lt,
+        None => pkt.ct_sport <= pkt.ct_dport,
+    };
+    // One key, filled field by field: two whole-struct branches would cost
+    // two stack copies of it.
+    let (addr_a, addr_b, port_a, port_b) = if sender_is_a {
+        (&pkt.src, &pkt.dst, pkt.ct_sport, pkt.ct_dport)
+    } else {
+        (&pkt.dst, &pkt.src, pkt.ct_dport, pkt.ct_sport)
+    };
+    let key = CtKey {
+        addr_a: *addr_a,
+        addr_b: *addr_b,
+        ifindex,
+        port_a,
+        port_b,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+
+    let (report_interval_ns, aggregation_none) = match CONFIG.get(0) {
+        Some(cfg) => (cfg.report_interval_ns, cfg.aggregation_none != 0),
+        None => (defaults::REPORT_INTERVAL_NS, false),
+    };
+
+    // A bare SYN on a tuple whose connection already closed (FIN or RST
+    // seen) is a new connection reusing the ports: start the entry over.
+    let syn_only = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+    let mut insert_flags = BPF_NOEXIST;
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: a live conntrack value (see `update_existing`).
+        let seen = unsafe { (*ct).tcp_flags[0] | (*ct).tcp_flags[1] };
+        if !(syn_only && seen & (tcp::FIN | tcp::RST) != 0) {
+            update_existing(
+                ct,
+                pkt,
+                pkt_len,
+                obs_point,
+                ifindex,
+                now,
+                sender_is_a,
+                report_interval_ns,
+                aggregation_none,
+            );
+            return;
+        }
+        insert_flags = BPF_ANY;
+    }
+
+    // First packet: the sender initiates, unless it answers with a SYN-ACK
+    // (we missed the SYN), which makes it the responder.
+    let syn_ack =
+        pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == (tcp::SYN | tcp::ACK);
+    let sender_initiates = !syn_ack;
+    let initiator_is_a = sender_is_a == sender_initiates;
+    // Constant indices only: the verifier rejects the pointer arithmetic
+    // LLVM emits for a variable index into a stack array.
+    let len = u64::from(pkt_len);
+    let (packets, bytes, tcp_flags) = if sender_initiates {
+        ([1, 0], [len, 0], [pkt.tcp_flags, 0])
+    } else {
+        ([0, 1], [0, len], [0, pkt.tcp_flags])
+    };
+    let value = CtValue {
+        packets,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        last_report_ns: now,
+        tcp_flags,
+        initiator: if initiator_is_a { 1 } else { 2 },
+        _pad: [0; 5],
+    };
+
+    let reason = if aggregation_none {
+        emit::PACKET
+    } else {
+        emit::NEW
+    };
+    match CONNTRACK.insert(&key, &value, u64::from(insert_flags)) {
+        Ok(()) => bump(&STATS, stat::CT_CREATED, 1),
+        Err(_) => {
+            // Another CPU created the entry between our lookup and insert:
+            // account to it as an ordinary packet of that connection.
+            if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+                update_existing(
+                    ct,
+                    pkt,
+                    pkt_len,
+                    obs_point,
+                    ifindex,
+                    now,
+                    sender_is_a,
+                    report_interval_ns,
+                    aggregation_none,
+                );
+                return;
+            }
+            // Really failed (no memory): still report the packet, untracked.
+            bump(&STATS, stat::CT_INSERT_FAILED, 1);
+        }
+    }
+    emit_event(
+        pkt,
+        &value,
+        ifindex,
+        pkt_len,
+        now,
+        obs_point,
+        reason,
+        !sender_initiates,
+    );
+}
+
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined; a struct would only add a stack copy"
+)]
+fn update_existing(
+    ct: *mut CtValue,
+    pkt: &Packet,
+    pkt_len: u32,
+    obs_point: u8,
+    ifindex: u32,
+    now: u64,
+    sender_is_a: bool,
+    report_interval_ns: u64,
+    aggregation_none: bool,
+) {
+    // SAFETY: `ct` is a live conntrack value returned by the map lookup; LRU
+    // values stay valid for the duration of the program run (RCU).
+    let ct_ref = unsafe { &mut *ct };
+    let initiator_is_a = ct_ref.initiator == 1;
+    let reply = sender_is_a != initiator_is_a;
+
+    // Constant indices per branch keep the verifier's pointer tracking simple.
+    let (packets, bytes, flags) = if reply {
+        (
+            &raw mut ct_ref.packets[1],
+            &raw mut ct_ref.bytes[1],
+            &raw mut ct_ref.tcp_flags[1],
+        )
+    } else {
+        (
+            &raw mut ct_ref.packets[0],
+            &raw mut ct_ref.bytes[0],
+            &raw mut ct_ref.tcp_flags[0],
+        )
+    };
+    atomic_add(packets, 1);
+    atomic_add(bytes, u64::from(pkt_len));
+    ct_ref.last_seen_ns = now;
+
+    // SAFETY: `flags` points into the live conntrack value.
+    let seen = unsafe { *flags };
+    let new_flags = pkt.tcp_flags & !seen;
+    if new_flags != 0 {
+        // SAFETY: as above; a racing writer can only lose a bit that its own
+        // packet re-adds (benign, see the module docs).
+        unsafe { *flags = seen | pkt.tcp_flags };
+    }
+
+    let reason = if aggregation_none {
+        emit::PACKET
+    } else if new_flags & TCP_EVENT_FLAGS != 0 {
+        emit::TCP_FLAG
+    } else if now.wrapping_sub(ct_ref.last_report_ns) >= report_interval_ns {
+        emit::REPORT
+    } else {
+        return;
+    };
+    ct_ref.last_report_ns = now;
+    emit_event(pkt, ct_ref, ifindex, pkt_len, now, obs_point, reason, reply);
+}
+
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined; a struct would only add a stack copy"
+)]
+fn emit_event(
+    pkt: &Packet,
+    ct: &CtValue,
+    ifindex: u32,
+    pkt_len: u32,
+    now: u64,
+    obs_point: u8,
+    reason: u8,
+    reply: bool,
+) {
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        bump(&STATS, stat::EVENTS_LOST, 1);
+        return;
+    };
+    let (src_port, dst_port) = pkt.event_ports();
+    // Field by field straight into the ring: building the 104-byte record
+    // on the stack first would cost stack the verifier caps at 512 bytes.
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved, exclusively owned FlowEvent-sized
+    // and 8-byte aligned slot; every field is written before submit.
+    unsafe {
+        (&raw mut (*e).ts_ns).write(now);
+        (&raw mut (*e).first_seen_ns).write(ct.first_seen_ns);
+        (&raw mut (*e).src_addr).write(pkt.src);
+        (&raw mut (*e).dst_addr).write(pkt.dst);
+        (&raw mut (*e).packets).write(ct.packets);
+        (&raw mut (*e).bytes).write(ct.bytes);
+        (&raw mut (*e).ifindex).write(ifindex);
+        (&raw mut (*e).pkt_len).write(pkt_len);
+        (&raw mut (*e).src_port).write(src_port);
+        (&raw mut (*e).dst_port).write(dst_port);
+        (&raw mut (*e).family).write(pkt.family);
+        (&raw mut (*e).proto).write(pkt.proto);
+        (&raw mut (*e).tcp_flags).write(pkt.tcp_flags);
+        (&raw mut (*e).icmp_type).write(pkt.icmp_type);
+        (&raw mut (*e).icmp_code).write(pkt.icmp_code);
+        (&raw mut (*e).obs_point).write(obs_point);
+        (&raw mut (*e).emit_reason).write(reason);
+        (&raw mut (*e).verdict).write(verdict::FORWARDED);
+        (&raw mut (*e).drop_reason).write(0);
+        (&raw mut (*e).flags).write(pkt.flags | if reply { flag::REPLY } else { 0 });
+        (&raw mut (*e).tcp_flags_seen).write(ct.tcp_flags);
+    }
+    entry.submit(0);
+    bump(&STATS, stat::EVENTS_EMITTED, 1);
+}
+
+/// The kernel only checks this string for GPL-only helpers; none are used
+/// (skb_load_bytes, ktime_get_boot_ns, map and ring-buffer helpers are all
+/// available to any license), so it states the project's own license.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that
+    // could get here, so an infinite loop is never executed.
+    loop {}
+}

@@ -1,0 +1,220 @@
+//! `cargo xtask`: the developer commands of Weir.
+//!
+//! - `cargo xtask setup`: install what is missing (Debian packages, rust-src
+//!   for the nightly, bpf-linker) — idempotent, quiet when all is there.
+//! - `cargo xtask demo [-- ARGS]`: setup, build, run `weir demo`.
+//! - `cargo xtask test`: setup, build, format and lint checks, every test.
+//! - `cargo xtask bench [NAME]`: setup, build (release), run the benchmarks
+//!   behind BENCHMARKS.md.
+//!
+//! Everything here shells out to the real tools; nothing is mocked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages the build and the tests need (tool -> package).
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("ping", "iputils-ping"),
+    ("nc", "netcat-openbsd"),
+    ("bpftool", "bpftool"),
+    ("protoc", "protobuf-compiler"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+];
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_else(|| "help".to_string());
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "setup" => setup(),
+        "build" => {
+            setup()?;
+            build(false)
+        }
+        "demo" => {
+            setup()?;
+            build(false)?;
+            let weir = target_dir().join("debug/weir");
+            let mut c = Command::new(&weir);
+            c.arg("demo").args(rest.iter().filter(|a| *a != "--"));
+            run(&mut c)
+        }
+        "test" => {
+            setup()?;
+            test(&rest)
+        }
+        "bench" => {
+            setup()?;
+            bench(&rest)
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup|build|demo|test|bench>\n\
+                 \n  setup   install missing Debian packages, rust-src (nightly), bpf-linker\
+                 \n  demo    build and run `weir demo` (needs root)\
+                 \n  test    build, fmt/clippy checks, every test (privileged ones need root)\
+                 \n  bench   run the benchmarks of BENCHMARKS.md"
+            );
+            if cmd == "help" {
+                Ok(())
+            } else {
+                bail!("unknown command {cmd}")
+            }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(c: &mut Command) -> Result<()> {
+    eprintln!("xtask: {c:?}");
+    let st = c.status().with_context(|| format!("running {c:?}"))?;
+    if !st.success() {
+        bail!("{c:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    let mut missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(tool, _)| !have(tool))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    // protoc needs the well-known types too.
+    if !Path::new("/usr/include/google/protobuf/timestamp.proto").exists() {
+        missing.push("libprotobuf-dev");
+    }
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {missing:?}; run as root or install them: apt-get install -y {}",
+                missing.join(" ")
+            );
+        }
+        eprintln!("xtask: installing {missing:?}");
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // aya-build compiles the programs with the nightly and build-std=core.
+    let src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup (the nightly toolchain is required for eBPF)")?;
+    if !String::from_utf8_lossy(&src.stdout).contains("rust-src") {
+        // Never update the nightly itself: a newer one brings an LLVM that bpf-linker 0.10 does not match.
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !linker_ok {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about 75 s)");
+        run(cargo().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--workspace", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+fn test(rest: &[String]) -> Result<()> {
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    if ci && !is_root() {
+        bail!("CI=true but not root: privileged tests would not run");
+    }
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    build(false)?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // One test binary at a time per crate is fine; privileged tests use unique
+    // netns names so they may run in parallel.
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--no-fail-fast"]);
+    c.args(rest.iter().filter(|a| *a != "--"));
+    run(&mut c)
+}
+
+fn bench(rest: &[String]) -> Result<()> {
+    build(true)?;
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "-p",
+        "weir-integration",
+        "--bin",
+        "weir-bench",
+        "--",
+    ]);
+    c.args(rest.iter().filter(|a| *a != "--"));
+    run(&mut c)
+}
