@@ -59,6 +59,19 @@ pub enum FlowLog {
     Off,
 }
 
+/// Where the agent's stdout goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentStdout {
+    /// Discarded (the lab's default: flows go to a file).
+    #[default]
+    Null,
+    /// Our stdout.
+    Inherit,
+    /// A pipe; take it with [`Agent::take_stdout`] (the demo holds flows
+    /// back until its banner is printed).
+    Piped,
+}
+
 /// The agent's command line, as `weir agent` takes it.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -76,8 +89,8 @@ pub struct AgentConfig {
     pub netns: PathBuf,
     /// The agent's stderr (its logs).
     pub log_file: PathBuf,
-    /// Whether the agent's stdout goes to ours (the demo prints flows there).
-    pub inherit_stdout: bool,
+    /// Where the agent's stdout goes (the flow log, with `FlowLog::Stdout`).
+    pub stdout: AgentStdout,
     pub extra_args: Vec<String>,
 }
 
@@ -135,10 +148,10 @@ impl Agent {
         let mut cmd = Command::new(&cfg.weir_bin);
         cmd.args(cfg.args())
             .stdin(Stdio::null())
-            .stdout(if cfg.inherit_stdout {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
+            .stdout(match cfg.stdout {
+                AgentStdout::Null => Stdio::null(),
+                AgentStdout::Inherit => Stdio::inherit(),
+                AgentStdout::Piped => Stdio::piped(),
             })
             .stderr(log)
             // Ctrl-C on the terminal is for the lab, which stops the agent
@@ -162,6 +175,11 @@ impl Agent {
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The read end of the agent's stdout, with [`AgentStdout::Piped`].
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// A client of the agent's local API.
@@ -237,7 +255,7 @@ mod tests {
             aggregation: Some("none".into()),
             netns: "/run/netns/weirlab-x-node".into(),
             log_file: "/lab/agent.log".into(),
-            inherit_stdout: false,
+            stdout: AgentStdout::Null,
             extra_args: vec![],
         };
         let args = cfg.args().join(" ");

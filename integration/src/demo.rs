@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::agent::FlowLog;
+use crate::agent::{AgentStdout, FlowLog};
 use crate::lab::{Lab, LabOptions, sibling_binary};
 use crate::probe::ProbeSpec;
 use crate::spec::{NamespaceSpec, PodSpec, PortSpec};
@@ -119,7 +119,8 @@ async fn run_async(opts: DemoOptions) -> anyhow::Result<()> {
     options.socket = Some(opts.socket.clone());
     options.flow_log = Some(FlowLog::Stdout);
     options.flow_log_format = "compact".into();
-    options.agent_inherit_stdout = true;
+    // Piped: flows seen while the pods come up wait until the banner is out.
+    options.agent_stdout = AgentStdout::Piped;
     // Servers live in this process: `weir demo` needs only weir and weir-cni.
     options.serve_bin = None;
 
@@ -134,7 +135,7 @@ async fn run_async(opts: DemoOptions) -> anyhow::Result<()> {
         }
         anyhow::Ok(lab)
     };
-    let lab = tokio::select! {
+    let mut lab = tokio::select! {
         lab = setup => lab?,
         // Dropping the set-up future drops the half-built lab: its Drop removes it.
         _ = int.recv() => return Ok(()),
@@ -143,6 +144,9 @@ async fn run_async(opts: DemoOptions) -> anyhow::Result<()> {
     };
 
     print_banner(&lab);
+    if let Some(flows) = lab.take_agent_stdout() {
+        forward_to_stdout(flows);
+    }
     let stop = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -219,6 +223,19 @@ pub fn banner(lab: &Lab) -> String {
     ));
     s.push_str("Flows follow. Ctrl-C stops the demo and removes everything.\n");
     s
+}
+
+/// Copies the agent's flow lines to our stdout until the agent closes its
+/// end (it exits). A thread: the pipe is a blocking file.
+fn forward_to_stdout(mut flows: std::process::ChildStdout) {
+    let spawned = std::thread::Builder::new()
+        .name("weir-demo-flows".into())
+        .spawn(move || {
+            let _ = std::io::copy(&mut flows, &mut std::io::stdout());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot forward the agent's flows");
+    }
 }
 
 fn print_banner(lab: &Lab) {

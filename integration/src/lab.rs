@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use weir_localapi::{Client, ClientError, Status};
 
-use crate::agent::{Agent, AgentConfig, AgentError, FlowLog};
+use crate::agent::{Agent, AgentConfig, AgentError, AgentStdout, FlowLog};
 use crate::cni::{self, CniError, Plugin};
 use crate::manifests::{self, ManifestError};
 use crate::netns::{self, NetnsError};
@@ -150,8 +150,8 @@ pub struct LabOptions {
     pub agent_ready_timeout: Duration,
     /// SIGTERM-to-SIGKILL grace for the agent (5 s).
     pub agent_stop_timeout: Duration,
-    /// Whether the agent's stdout goes to ours (the demo's live flows).
-    pub agent_inherit_stdout: bool,
+    /// Where the agent's stdout goes (with `FlowLog::Stdout`, the flows).
+    pub agent_stdout: AgentStdout,
     /// More arguments for `weir agent`.
     pub agent_args: Vec<String>,
 }
@@ -177,7 +177,7 @@ impl LabOptions {
             settle: Duration::from_secs(1),
             agent_ready_timeout: Duration::from_secs(60),
             agent_stop_timeout: Duration::from_secs(5),
-            agent_inherit_stdout: false,
+            agent_stdout: AgentStdout::Null,
             agent_args: Vec::new(),
         }
     }
@@ -402,7 +402,7 @@ impl Lab {
             aggregation: lab.options.aggregation.clone(),
             netns: node_path,
             log_file: dir.join("agent.log"),
-            inherit_stdout: lab.options.agent_inherit_stdout,
+            stdout: lab.options.agent_stdout,
             extra_args: lab.options.agent_args.clone(),
         };
         let agent = Agent::spawn(&cfg)?;
@@ -461,6 +461,12 @@ impl Lab {
         self.agent.as_ref().map(Agent::pid)
     }
 
+    /// The agent's stdout pipe (with `agent_stdout: AgentStdout::Piped`);
+    /// whoever takes it must keep reading it.
+    pub fn take_agent_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.agent.as_mut()?.take_stdout()
+    }
+
     /// Whether the agent process still runs.
     pub fn agent_running(&self) -> bool {
         let rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
@@ -498,8 +504,9 @@ impl Lab {
     }
 
     /// Adds pods, several at once: network namespace, Pod manifest, CNI ADD,
-    /// manifest with the pod's IPs, servers listening. Pods whose set-up
-    /// failed are still removed by shutdown; the first error is returned.
+    /// manifest with the pod's IPs, servers listening; then lets the agent
+    /// settle. Pods whose set-up failed are still removed by shutdown; the
+    /// first error is returned.
     pub async fn add_pods(&mut self, pods: Vec<PodSpec>) -> Result<(), LabError> {
         let mut staged = Vec::with_capacity(pods.len());
         for spec in pods {
@@ -554,7 +561,13 @@ impl Lab {
             }
             self.pods.insert(pod.spec.key(), pod);
         }
-        first_err.map_or(Ok(()), Err)
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        // The agent learns labels and addresses from the manifests just
+        // written; until it has, flows of these pods are not enriched.
+        self.settle().await;
+        Ok(())
     }
 
     /// Removes one pod: servers, CNI DEL, namespace, manifest.

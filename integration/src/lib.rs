@@ -23,7 +23,7 @@ pub mod scenario;
 pub mod serve;
 pub mod spec;
 
-pub use agent::FlowLog;
+pub use agent::{AgentStdout, FlowLog};
 pub use lab::{KeptLab, Lab, LabError, LabOptions, sibling_binary, target_dir};
 pub use probe::{ProbeResult, ProbeSpec};
 pub use scenario::Scenario;

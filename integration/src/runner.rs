@@ -137,11 +137,6 @@ async fn run_in(lab: &mut Lab, scenario: &Scenario) -> Result<Vec<StepOutput>, R
         lab.add_namespace(ns.clone())?;
     }
     lab.add_pods(scenario.pods.clone()).await?;
-    // The agent learns pods' labels from their manifests; a first step that
-    // applies something settles anyway, any other one settles here.
-    if scenario.steps.first().is_some_and(|s| s.apply.is_empty()) && !scenario.pods.is_empty() {
-        lab.settle().await;
-    }
     let mut steps = Vec::with_capacity(scenario.steps.len());
     for (s, step) in scenario.steps.iter().enumerate() {
         let docs = lab.resolve_placeholders(&step.apply, &format!("steps[{s}].apply"))?;
