@@ -123,8 +123,8 @@ async fn flow_log_and_metrics_describe_real_traffic() {
     }
 
     let tcp_v4 = |f: &Value| {
-        f["IP"]["ipVersion"] == "IPv4" && f["l4"]["TCP"]["destination_port"] == 80
-            || f["IP"]["ipVersion"] == "IPv4" && f["l4"]["TCP"]["source_port"] == 80
+        f["IP"]["ipVersion"] == "IPv4"
+            && (f["l4"]["TCP"]["destination_port"] == 80 || f["l4"]["TCP"]["source_port"] == 80)
     };
     let lines = wait_flows(&lab, "TCP, UDP, ICMP and IPv6 flows", |lines| {
         let flows = flows_only(lines);
