@@ -14,6 +14,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod vm;
+
 /// Debian packages the build and the tests need (tool -> package).
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -53,13 +55,19 @@ fn main() -> Result<()> {
             setup()?;
             bench(&rest)
         }
+        "vm-test" => {
+            setup()?;
+            vm::run(&rest)
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <setup|build|demo|test|bench>\n\
                  \n  setup   install missing Debian packages, rust-src (nightly), bpf-linker\
                  \n  demo    build and run `weir demo` (needs root)\
-                 \n  test    build, fmt/clippy checks, every test (privileged ones need root)\
-                 \n  bench   run the benchmarks of BENCHMARKS.md"
+                 \n  test    build, fmt/clippy checks, every test (privileged ones need root),\
+                 \n          then the privileged tests on kernel 6.1 in QEMU (--no-vm skips that locally)\
+                 \n  bench   run the benchmarks of BENCHMARKS.md\
+                 \n  vm-test run the privileged tests in QEMU on kernels 5.10-7.3 (vm-test --help)"
             );
             if cmd == "help" {
                 Ok(())
@@ -185,6 +193,12 @@ fn test(rest: &[String]) -> Result<()> {
     if ci && !is_root() {
         bail!("CI=true but not root: privileged tests would not run");
     }
+    // `--no-vm` is for a quick local loop; CI always runs the VM kernel.
+    let no_vm = rest.iter().any(|a| a == "--no-vm");
+    if ci && no_vm {
+        bail!("CI=true: the VM kernel run cannot be skipped");
+    }
+    let rest: Vec<String> = rest.iter().filter(|a| *a != "--no-vm").cloned().collect();
     run(cargo().args(["fmt", "--all", "--check"]))?;
     build(false)?;
     run(cargo().args([
@@ -200,21 +214,24 @@ fn test(rest: &[String]) -> Result<()> {
     let mut c = cargo();
     c.args(["test", "--workspace", "--no-fail-fast"]);
     c.args(rest.iter().filter(|a| *a != "--"));
-    run(&mut c)
+    run(&mut c)?;
+    if !no_vm {
+        // The datapath on another kernel than the host's: 6.1 (clsact, no tcx),
+        // then proof that a verifier rejection in the guest fails the run.
+        vm::run(&["--kernel".to_string(), "6.1".to_string()])?;
+        vm::run(&[
+            "--kernel".to_string(),
+            "6.1".to_string(),
+            "--selftest-broken".to_string(),
+        ])?;
+    }
+    Ok(())
 }
 
 fn bench(rest: &[String]) -> Result<()> {
     build(true)?;
     let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "-p",
-        "weir-integration",
-        "--bin",
-        "weir-bench",
-        "--",
-    ]);
+    c.args(["run", "--release", "-p", "weir-bench", "--"]);
     c.args(rest.iter().filter(|a| *a != "--"));
     run(&mut c)
 }
