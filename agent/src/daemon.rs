@@ -232,6 +232,17 @@ async fn run_async(
         .context("opening the event ring buffer")?;
 
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    metrics.set_datapath_info(attach_mode, &kernel);
+    if datapath.attach_mode() == weir_datapath::AttachMode::ClsAct {
+        warn!(
+            kernel = %kernel,
+            "no tcx on this kernel (before 6.6): attaching through clsact + cls_bpf; \
+             programs attached to the same hooks by others may run before Weir's"
+        );
+    }
     metrics
         .ring_buffer_capacity_bytes
         .set(i64::from(c.datapath.ring_buffer_bytes));

@@ -262,7 +262,34 @@ async fn flow_log_and_metrics_describe_real_traffic() {
         m.keys()
             .any(|k| k.starts_with("process_resident_memory_bytes"))
     );
+    // How the datapath runs on this kernel is visible: tcx from 6.6, else clsact.
+    let release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let want_mode = if (major, minor) >= (6, 6) {
+        "tcx"
+    } else {
+        "clsact"
+    };
+    assert_eq!(
+        sum(
+            &m,
+            "weir_datapath_info",
+            &[
+                &format!("attach_mode=\"{want_mode}\""),
+                &format!("kernel=\"{release}\"")
+            ]
+        ),
+        1.0
+    );
     let status = lab.agent_status().await.unwrap();
+    assert_eq!(status.attach_mode, want_mode);
     assert_eq!(status.endpoints, 2);
     assert!(status.flows_seen >= flows_only(&flows_now).len() as u64);
     lab.shutdown().await.unwrap();

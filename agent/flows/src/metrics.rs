@@ -161,6 +161,7 @@ pub struct Metrics {
 
     /// weir_endpoints
     pub endpoints: IntGauge,
+    datapath_info: IntGaugeVec,
     state_objects: IntGaugeVec,
     /// weir_state_sync_errors_total
     pub state_sync_errors: IntCounter,
@@ -210,6 +211,12 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let datapath_info = gauge_vec(
+            r,
+            "weir_datapath_info",
+            "How the datapath runs on this kernel (attach mode, kernel release); always 1.",
+            &["attach_mode", "kernel"],
+        )?;
 
         #[cfg(target_os = "linux")]
         r.register(Box::new(
@@ -225,6 +232,7 @@ impl Metrics {
             .collect();
 
         Ok(Self {
+            datapath_info,
             flows_processed,
             flows_processed_cache,
             lost_events,
@@ -417,6 +425,14 @@ impl Metrics {
         last.entry(reason.to_owned())
             .or_insert_with(|| CumulativeCounter::new(self.drops.with_label_values(&[reason])))
             .set_total(total);
+    }
+
+    /// Sets `weir_datapath_info{attach_mode, kernel}` (one series).
+    pub fn set_datapath_info(&self, attach_mode: &str, kernel: &str) {
+        self.datapath_info.reset();
+        self.datapath_info
+            .with_label_values(&[attach_mode, kernel])
+            .set(1);
     }
 
     /// Sets `weir_state_objects{kind}`.
