@@ -136,7 +136,7 @@ pub struct DatapathConfig {
     pub aggregation: Aggregation,
     /// Report interval of long-lived connections, e.g. `5s`. Default: 5s.
     pub report_interval: String,
-    /// Kernel ring buffer size in bytes: a power of two, at least 4096. Default: 4 MiB.
+    /// Kernel ring buffer size in bytes: a power of two, at least the page size. Default: 4 MiB.
     pub ring_buffer_bytes: u32,
     /// Connection-tracking entries (LRU). Default: 65536.
     pub conntrack_entries: u32,
@@ -309,10 +309,11 @@ impl Config {
             ));
         }
         let rb = self.datapath.ring_buffer_bytes;
-        if rb < 4096 || !rb.is_power_of_two() {
+        let page = page_size();
+        if rb < page || !rb.is_power_of_two() {
             return Err(ConfigError::invalid(
                 "datapath.ringBufferBytes",
-                format!("{rb} is not a power of two of at least 4096"),
+                format!("{rb} is not a power of two of at least the page size ({page})"),
             ));
         }
         if self.datapath.conntrack_entries < 1024 {
@@ -322,6 +323,12 @@ impl Config {
                     "{} is below the minimum of 1024",
                     self.datapath.conntrack_entries
                 ),
+            ));
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("{:?}: {e}", self.log.level),
             ));
         }
         if let Some(dir) = &self.manifests
@@ -349,11 +356,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let too_long = || format!("{text:?} is too long");
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
         _ => {
             return Err(format!(
                 "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
@@ -361,6 +369,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(d)
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(p).unwrap_or(4096)
 }
 
 fn hostname() -> String {
@@ -436,5 +450,6 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("10").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }

@@ -31,6 +31,10 @@ pub struct Shared {
     started: Instant,
     datapath: Mutex<Datapath>,
     state: Mutex<ClusterState>,
+    /// Held across each endpoint change (register, unregister, garbage
+    /// collection) from the state update to the attach/detach, so the two
+    /// never disagree. These calls are rare; the flow path never takes it.
+    lifecycle: Mutex<()>,
     index: RwLock<Arc<EndpointIndex>>,
     pub store: FlowStore,
     pub metrics: Arc<Metrics>,
@@ -67,7 +71,16 @@ impl Shared {
 
     /// Records the endpoint, publishes it for enrichment, then attaches the
     /// programs; on attach failure the endpoint is forgotten again.
-    pub fn register_endpoint(&self, reg: EndpointRegistration) -> Result<Endpoint, String> {
+    pub fn register_endpoint(&self, mut reg: EndpointRegistration) -> Result<Endpoint, String> {
+        let _lifecycle = self.lifecycle.lock().expect("lifecycle lock");
+        // The interface index is ours to find, not the caller's to claim:
+        // garbage collection later judges the endpoint by it.
+        reg.host_ifindex = crate::netns::ifindex_of(&reg.host_ifname).ok_or_else(|| {
+            format!(
+                "no interface {:?} in the agent's network namespace",
+                reg.host_ifname
+            )
+        })?;
         let host_ifname = reg.host_ifname.clone();
         let (container_id, ifname) = (reg.container_id.clone(), reg.ifname.clone());
         let (ep, recreated) = {
@@ -111,6 +124,29 @@ impl Shared {
 
     /// Detaches and forgets an endpoint; `false` if it was not known.
     pub fn unregister_endpoint(&self, container_id: &str, ifname: &str) -> bool {
+        let _lifecycle = self.lifecycle.lock().expect("lifecycle lock");
+        self.unregister_locked(container_id, ifname, None)
+    }
+
+    /// Removes the endpoint; with `only_ifindex`, only if it still has that
+    /// host interface (a repeated ADD may have replaced it meanwhile).
+    fn unregister_locked(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        only_ifindex: Option<u32>,
+    ) -> bool {
+        if let Some(want) = only_ifindex {
+            let current = self
+                .state
+                .lock()
+                .expect("state lock")
+                .endpoint(container_id, ifname)
+                .map(|e| e.host_ifindex);
+            if current != Some(want) {
+                return false;
+            }
+        }
         let removed = self
             .state
             .lock()
@@ -154,17 +190,18 @@ impl Shared {
     /// Endpoints whose host interface disappeared without a CNI DEL reaching
     /// us (agent down during DEL, node reboot): forget them.
     fn collect_garbage(&self) {
-        let gone: Vec<(String, String)> = {
+        let _lifecycle = self.lifecycle.lock().expect("lifecycle lock");
+        let gone: Vec<(String, String, u32)> = {
             let state = self.state.lock().expect("state lock");
             state
                 .endpoints()
                 .filter(|ep| !crate::netns::ifindex_exists(ep.host_ifindex))
-                .map(|ep| (ep.container_id.clone(), ep.ifname.clone()))
+                .map(|ep| (ep.container_id.clone(), ep.ifname.clone(), ep.host_ifindex))
                 .collect()
         };
-        for (cid, ifname) in gone {
+        for (cid, ifname, ifindex) in gone {
             info!(container_id = %cid, ifname = %ifname, "host interface gone, removing endpoint");
-            self.unregister_endpoint(&cid, &ifname);
+            self.unregister_locked(&cid, &ifname, Some(ifindex));
         }
     }
 }
@@ -180,6 +217,16 @@ fn to_api(ep: &weir_state::Endpoint) -> Endpoint {
 /// Runs the agent until SIGTERM/SIGINT. Called on the main thread before any
 /// other thread exists, so entering `--netns` moves the whole process.
 pub fn run(cfg: Validated) -> anyhow::Result<()> {
+    // glibc gives each thread that allocates its own arena (up to 8 per
+    // core), and each keeps what it once held: with the blocking pool that
+    // manifests parsing and attaching use, an idle agent held ~30 MiB of
+    // freed memory (BENCHMARKS.md, agent-rss). Two arenas are plenty for an
+    // agent whose hot path is one task.
+    // SAFETY: mallopt only adjusts allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     // Bound here, in the machine's namespace, before we move into --netns.
     let metrics_listener = match cfg.metrics_addr {
         Some(addr) => Some(bind_metrics(addr)?),
@@ -263,6 +310,7 @@ async fn run_async(
         started: Instant::now(),
         datapath: Mutex::new(datapath),
         state: Mutex::new(ClusterState::new()),
+        lifecycle: Mutex::new(()),
         index: RwLock::new(Arc::new(EndpointIndex::new())),
         store,
         metrics,
@@ -306,6 +354,16 @@ async fn run_async(
                 FlowLogOutput::File(p) => weir_flows::export::FlowLogTarget::File(p.clone()),
                 _ => weir_flows::export::FlowLogTarget::Stdout,
             };
+            if let FlowLogOutput::File(p) = out {
+                // Refuse a flow log we cannot write before reporting ready.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| {
+                        format!("option flowLog.output: cannot open {}", p.display())
+                    })?;
+            }
             let sub = shared.store.subscribe("flow_log", c.flow_log.queue);
             let writer = weir_flows::export::FlowLogWriter::new(sink, format, &cfg.node_name);
             let writer_stats = writer.stats();
@@ -323,13 +381,9 @@ async fn run_async(
                     }
                 }
             });
-            let mut stop = shutdown_rx.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    r = writer.run(sub) => r.context("option flowLog.output"),
-                    _ = stop.changed() => Ok(()),
-                }
-            });
+            // No stop signal here: on shutdown the store closes its
+            // subscriptions and the writer drains what is queued, then ends.
+            tasks.spawn(async move { writer.run(sub).await.context("option flowLog.output") });
         }
     }
 
@@ -349,6 +403,9 @@ async fn run_async(
 
     let result = wait_for_shutdown(&mut tasks).await;
     let _ = shutdown_tx.send(true);
+    // The reader stops on the signal above; then every consumer drains what
+    // is queued and ends (bounded by the drain timeout below).
+    shared.store.close_subscribers();
     let drain = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     });
@@ -505,6 +562,11 @@ fn observe_datapath(m: &Metrics, c: &weir_datapath::Counters) {
         .set_total(c.stats[stat::EVENTS_EMITTED as usize]);
     m.conntrack_created
         .set_total(c.stats[stat::CT_CREATED as usize]);
+    m.conntrack_insert_failures
+        .set_total(c.stats[stat::CT_INSERT_FAILED as usize]);
+    // Policy, the first drop reason, comes later; until then the kernel's
+    // one total keeps the family present and honest.
+    m.set_drops_total("all", c.stats[stat::DROPPED as usize]);
     m.set_lost_events_total(
         weir_flows::metrics::LostSource::KernelRingBuffer,
         c.stats[stat::EVENTS_LOST as usize],

@@ -47,3 +47,11 @@ pub fn ifindex_exists(ifindex: u32) -> bool {
     let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
     !p.is_null()
 }
+
+/// Index of interface `name` in the calling thread's network namespace.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}

@@ -28,6 +28,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a socket is at the path: never deleted.
+    #[error("{0} exists and is not a socket (option socket); refusing to replace it")]
+    NotASocket(PathBuf),
     /// Another agent is answering on the socket.
     #[error("another weir agent is already listening on {0}")]
     InUse(PathBuf),
@@ -57,17 +60,23 @@ pub async fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServerError> 
             source,
         })?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket(path.to_path_buf()));
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(ServerError::InUse(path.to_path_buf()));
         }
+        // A socket nobody answers on: left by an agent that died.
         let _ = std::fs::remove_file(path);
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|source| ServerError::Bind {
+    let bind_err = |source| ServerError::Bind {
         path: path.to_path_buf(),
         source,
-    })?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    };
+    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
     Ok(listener)
 }
 

@@ -23,6 +23,9 @@ fn bad_flag_values_exit_64_naming_the_option() {
         (&["--flow-ring-capacity", "70000"], "flows.ringCapacity"),
         (&["--report-interval", "soon"], "datapath.reportInterval"),
         (&["--metrics-addr", "nowhere"], "metrics.address"),
+        (&["--aggregation", "bogus"], "--aggregation"),
+        (&["--flow-ring-capacity", "abc"], "--flow-ring-capacity"),
+        (&["--no-such-flag"], "--no-such-flag"),
     ];
     for (args, option) in cases {
         let (code, text) = run(weir().arg("agent").args(*args));

@@ -218,6 +218,8 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, u64>,
     parse_errors: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// Size the conntrack map was created with; bounds the counting walk.
+    conntrack_capacity: u32,
     events: Option<RingBuf<MapData>>,
     ring_fill: RingFill,
 }
@@ -340,6 +342,7 @@ impl Datapath {
             stats,
             parse_errors,
             conntrack,
+            conntrack_capacity: opts.conntrack_entries,
             events: Some(events),
             ring_fill,
         })
@@ -367,6 +370,16 @@ impl Datapath {
 
         if self.mode == AttachMode::ClsAct {
             add_clsact(ifname)?;
+            // cls_bpf filters outlive the process that added them: remove
+            // what an agent killed before it could detach left on this
+            // interface, so filters never pile up and old programs never
+            // run beside ours.
+            for (program, attach_type) in HOOKS {
+                match tc::qdisc_detach_program(ifname, attach_type, program) {
+                    Ok(()) => debug!(ifname, program, "removed a stale filter"),
+                    Err(e) => debug!(ifname, program, error = %e, "no stale filter"),
+                }
+            }
         }
 
         let mut links = Vec::with_capacity(HOOKS.len());
@@ -476,14 +489,22 @@ impl Datapath {
     }
 
     /// Number of conntrack entries (walks the map: O(entries)).
+    ///
+    /// The walk is bounded by the map's capacity: when the key it stands on
+    /// is evicted, the kernel restarts the walk from the first key, so on a
+    /// busy full map an unbounded walk could count past capacity or never
+    /// end. A walk cut short by an eviction error is still a fair answer.
     pub fn conntrack_entries(&self) -> Result<u64, DatapathError> {
-        let mut count = 0;
+        let mut count = 0u64;
+        let cap = u64::from(self.conntrack_capacity);
         for key in self.conntrack.keys() {
-            // An entry evicted while we walk ends the walk early with an
-            // error on some kernels; what was counted is still a fair answer.
+            if count >= cap {
+                break;
+            }
             match key {
                 Ok(_) => count += 1,
                 Err(MapError::KeyNotFound) => break,
+                Err(_) if count > 0 => break,
                 Err(source) => {
                     return Err(DatapathError::Map {
                         map: maps::CONNTRACK,

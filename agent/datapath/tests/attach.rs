@@ -623,3 +623,40 @@ fn kernel_has_tcx(test: &str) -> bool {
     eprintln!("skipping {test}: this kernel has no tcx (before 6.6); the clsact variant runs");
     false
 }
+
+/// cls_bpf filters outlive their process: an agent killed before it could
+/// detach leaves them behind. The next attach replaces them instead of
+/// piling a second pair of programs on the same hooks.
+#[test]
+fn clsact_attach_replaces_filters_left_by_a_killed_agent() {
+    if !privileged("clsact_attach_replaces_filters_left_by_a_killed_agent") {
+        return;
+    }
+    let t = Topology::new('z');
+    let mut old = Datapath::load_with_mode(&DatapathOptions::default(), AttachMode::ClsAct)
+        .expect("load the first datapath");
+    t.host
+        .enter(|| old.attach(&t.host_if))
+        .expect("first attach");
+    // As if the process died: nothing runs its detach.
+    std::mem::forget(old);
+    for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+        assert_eq!(attached_programs(&t, AttachMode::ClsAct, dir), 1, "{dir:?}");
+    }
+    let mut dp = Datapath::load_with_mode(&DatapathOptions::default(), AttachMode::ClsAct)
+        .expect("load the second datapath");
+    t.host
+        .enter(|| dp.attach(&t.host_if))
+        .expect("second attach");
+    for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+        assert_eq!(
+            attached_programs(&t, AttachMode::ClsAct, dir),
+            1,
+            "{dir:?}: the stale filter is replaced, not joined"
+        );
+    }
+    t.host.enter(|| dp.detach(&t.host_if)).expect("detach");
+    for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+        assert_eq!(attached_programs(&t, AttachMode::ClsAct, dir), 0, "{dir:?}");
+    }
+}

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub conntrack_capacity: IntGauge,
     /// weir_conntrack_created_total
     pub conntrack_created: CumulativeCounter,
+    /// weir_conntrack_insert_failures_total
+    pub conntrack_insert_failures: CumulativeCounter,
 
     /// weir_ring_buffer_pending_bytes
     pub ring_buffer_pending_bytes: IntGauge,
@@ -269,6 +271,11 @@ impl Metrics {
                 r,
                 "weir_conntrack_created_total",
                 "Conntrack entries created.",
+            )?,
+            conntrack_insert_failures: cumulative(
+                r,
+                "weir_conntrack_insert_failures_total",
+                "Conntrack entries the kernel could not insert (the connection is not tracked).",
             )?,
             ring_buffer_pending_bytes: gauge(
                 r,

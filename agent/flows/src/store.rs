@@ -164,8 +164,8 @@ impl FlowStore {
 
     /// Tells every subscriber that `count` events were lost at `source`
     /// before they became flows. Markers do not count against a queue's
-    /// bound; consecutive markers of one source are merged, so a stalled
-    /// subscriber holds at most one per source.
+    /// bound; a marker directly behind another of the same source is merged
+    /// into it, so a stalled subscriber holds one marker per source.
     pub fn report_lost(&self, source: LostEventSource, count: u64) {
         if count == 0 {
             return;
@@ -325,13 +325,16 @@ impl SubQueue {
                 return;
             }
             was_empty = st.items.is_empty();
-            let merged = st.items.iter_mut().rev().find_map(|item| match item {
-                Item::LostUpstream {
+            // Only a marker at the very back may absorb this one: merging
+            // into an older marker would report the loss before flows that
+            // came ahead of it.
+            let merged = match st.items.back_mut() {
+                Some(Item::LostUpstream {
                     source: s,
                     count: c,
-                } if *s == source => Some(c),
+                }) if *s == source => Some(c),
                 _ => None,
-            });
+            };
             match merged {
                 Some(c) => *c += count,
                 None => st.items.push_back(Item::LostUpstream { source, count }),

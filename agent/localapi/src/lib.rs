@@ -124,6 +124,9 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    /// The request could not be formed (e.g. a path the HTTP library refuses).
+    #[error("cannot form local API request {uri}: {message}")]
+    InvalidRequest { uri: String, message: String },
     /// The call took longer than the client's timeout.
     #[error("local API request {method} {uri} timed out after {timeout:?}")]
     Timeout {
@@ -178,7 +181,12 @@ impl Client {
 
     /// `DELETE /v1/endpoints/{container_id}/{ifname}`; succeeds if it is already gone.
     pub async fn unregister(&self, container_id: &str, ifname: &str) -> Result<(), ClientError> {
-        let uri = format!("{}{}/{}", paths::ENDPOINT_PREFIX, container_id, ifname);
+        let uri = format!(
+            "{}{}/{}",
+            paths::ENDPOINT_PREFIX,
+            encode_segment(container_id),
+            encode_segment(ifname)
+        );
         let _: serde_json::Value = self.call(Method::DELETE, &uri, None::<&()>).await?;
         Ok(())
     }
@@ -234,7 +242,10 @@ impl Client {
             .header("host", "weir")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))
-            .expect("static request parts are valid");
+            .map_err(|e| ClientError::InvalidRequest {
+                uri: uri.to_string(),
+                message: e.to_string(),
+            })?;
         let resp = sender.send_request(req).await.map_err(http_err)?;
         let status = resp.status();
         let bytes = resp
@@ -259,5 +270,38 @@ impl Client {
             uri: uri.to_string(),
             source,
         })
+    }
+}
+
+/// Percent-encodes one path segment: everything but RFC 3986's unreserved
+/// characters, so names with `#`, `?`, `/` or `%` reach the agent intact.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("eth0"), "eth0");
+        assert_eq!(encode_segment("net#1"), "net%231");
+        assert_eq!(encode_segment("a?b/c%d<e>`"), "a%3Fb%2Fc%25d%3Ce%3E%60");
+        let all: String = (0x21u8..0x7f).map(char::from).collect();
+        let encoded = encode_segment(&all);
+        assert!(
+            format!("/v1/endpoints/{encoded}/x")
+                .parse::<hyper::Uri>()
+                .is_ok()
+        );
     }
 }

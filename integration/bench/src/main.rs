@@ -1,0 +1,378 @@
+//! `weir-bench`: Weir's benchmark figures, one subcommand each, plus `all`.
+//!
+//! Every figure is a ratio against a baseline measured in the same run on
+//! this machine, and prints a human table followed by one JSON line (figure,
+//! baseline, measured, ratio, target, pass, duration, machine, date,
+//! details, notes). Exit status: 0 every target met, 2 a target missed, 1 a
+//! figure could not be measured, 130 interrupted (everything made is removed
+//! first). The privileged figures need root; the bench's own namespaces are
+//! `wbench-<pid>-*`, the labs' `weirlab-*`.
+
+mod decode;
+mod lost;
+mod pps;
+mod proc;
+mod prom;
+mod report;
+mod rss;
+mod topo;
+mod traffic;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Report;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir-bench",
+    version,
+    about = "Weir's benchmark figures, each a ratio against a baseline measured in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Also append each figure's JSON line to this file.
+    #[arg(long, global = true)]
+    json_out: Option<PathBuf>,
+    /// The `weir` binary (default: next to this executable).
+    #[arg(long, global = true)]
+    weir: Option<PathBuf>,
+    /// The `weir-cni` binary (default: next to this executable).
+    #[arg(long, global = true)]
+    cni: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// veth packets/s with the tc programs attached vs without (target ratio >= 0.95).
+    DatapathPps(PpsArgs),
+    /// Flow events decoded and enriched per second on one core (target >= 1M/s).
+    Decode(DecodeArgs),
+    /// Events lost at 400k events/s through the real agent (target 0).
+    LostEvents(LostArgs),
+    /// Agent RSS idle with 1 000 endpoints vs 0 (target <= 50 MiB).
+    AgentRss(RssArgs),
+    /// Every figure, in turn.
+    All(AllArgs),
+}
+
+#[derive(Args, Debug)]
+struct PpsArgs {
+    /// Seconds per measuring window.
+    #[arg(long, default_value_t = 2.0)]
+    window: f64,
+    /// Windows per mode (with / without programs), alternating.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 18)]
+    payload: usize,
+}
+
+#[derive(Args, Debug)]
+struct DecodeArgs {
+    /// Endpoints (pods) in the index.
+    #[arg(long, default_value_t = 1000)]
+    endpoints: u32,
+    /// Events per timed run.
+    #[arg(long, default_value_t = 3_000_000)]
+    events: u64,
+    /// Timed runs per loop, alternating decode / baseline.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+#[derive(Args, Debug)]
+struct LostArgs {
+    /// Events per second to aim for (two per packet).
+    #[arg(long, default_value_t = 400_000)]
+    events_per_s: u64,
+    /// Seconds each flood runs.
+    #[arg(long, default_value_t = 10.0)]
+    window: f64,
+    /// Floods, each measured on its own.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Sender threads sharing the rate (each its own flow).
+    #[arg(long, default_value_t = 2)]
+    senders: usize,
+    /// Let pod b read the datagrams (by default it keeps the port bound but
+    /// does not read, which spares the CPU the copies to user space).
+    #[arg(long)]
+    read: bool,
+}
+
+#[derive(Args, Debug)]
+struct RssArgs {
+    /// Endpoints to create.
+    #[arg(long, default_value_t = 1000)]
+    endpoints: u32,
+    /// How to create them: real pods through weir-cni, or veth pairs registered through the local API.
+    #[arg(long, value_enum, default_value_t = rss::Via::Cni)]
+    via: rss::Via,
+    /// Seconds of idle before each reading.
+    #[arg(long, default_value_t = 5.0)]
+    idle: f64,
+}
+
+#[derive(Args, Debug)]
+struct AllArgs {
+    /// How agent-rss creates its endpoints.
+    #[arg(long, value_enum, default_value_t = rss::Via::Cni)]
+    rss_via: rss::Via,
+}
+
+/// The binaries the agent figures run.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub weir: PathBuf,
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    fn check(&self) -> Result<()> {
+        for b in [&self.weir, &self.cni] {
+            if !b.is_file() {
+                bail!(
+                    "{} not found: build it with `cargo build --release --workspace --bins` (or pass --weir / --cni)",
+                    b.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One figure to run.
+#[derive(Debug)]
+enum Figure {
+    Pps(pps::Options),
+    Decode(decode::Options),
+    Lost(lost::Options),
+    Rss(rss::Options),
+}
+
+impl Figure {
+    fn name(&self) -> &'static str {
+        match self {
+            Figure::Pps(_) => "datapath-pps",
+            Figure::Decode(_) => "decode",
+            Figure::Lost(_) => "lost-events",
+            Figure::Rss(_) => "agent-rss",
+        }
+    }
+
+    async fn run(&self, bins: &Binaries) -> Result<Report> {
+        if !matches!(self, Figure::Decode(_)) && !weir_integration::is_root() {
+            bail!(
+                "{} needs root (network namespaces, BPF); run it as root",
+                self.name()
+            );
+        }
+        match self {
+            Figure::Pps(o) => pps::run(o).await,
+            Figure::Decode(o) => {
+                let o = o.clone();
+                tokio::task::spawn_blocking(move || decode::run(&o))
+                    .await
+                    .context("the decode thread panicked")?
+            }
+            Figure::Lost(o) => {
+                bins.check()?;
+                lost::run(o, bins).await
+            }
+            Figure::Rss(o) => {
+                bins.check()?;
+                rss::run(o, bins).await
+            }
+        }
+    }
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+        bail!("{what} must be between 0 and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn figures(cmd: &Command) -> Result<Vec<Figure>> {
+    Ok(match cmd {
+        Command::DatapathPps(a) => vec![Figure::Pps(pps::Options {
+            window: secs(a.window, "--window")?,
+            reps: a.reps.clamp(1, 20),
+            payload: a.payload.clamp(1, 1400),
+        })],
+        Command::Decode(a) => vec![Figure::Decode(decode::Options {
+            endpoints: a.endpoints,
+            events: a.events.clamp(10_000, 100_000_000),
+            reps: a.reps.clamp(1, 20),
+            ..decode::Options::default()
+        })],
+        Command::LostEvents(a) => vec![Figure::Lost(lost::Options {
+            events_per_s: a.events_per_s,
+            window: secs(a.window, "--window")?,
+            reps: a.reps.clamp(1, 20),
+            senders: a.senders.clamp(1, 8),
+            read: a.read,
+            ..lost::Options::default()
+        })],
+        Command::AgentRss(a) => vec![Figure::Rss(rss::Options {
+            endpoints: a.endpoints,
+            via: a.via,
+            idle: secs(a.idle, "--idle")?,
+            ..rss::Options::default()
+        })],
+        Command::All(a) => vec![
+            Figure::Decode(decode::Options::default()),
+            Figure::Pps(pps::Options::default()),
+            Figure::Lost(lost::Options::default()),
+            Figure::Rss(rss::Options {
+                via: a.rss_via,
+                ..rss::Options::default()
+            }),
+        ],
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let figures = match figures(&cli.command) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("weir-bench: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let bins = Binaries {
+        weir: cli
+            .weir
+            .clone()
+            .unwrap_or_else(|| weir_integration::sibling_binary("weir")),
+        cni: cli
+            .cni
+            .clone()
+            .unwrap_or_else(|| weir_integration::sibling_binary("weir-cni")),
+    };
+    if weir_integration::is_root() {
+        let stale = topo::sweep_stale();
+        if !stale.is_empty() {
+            tracing::info!(?stale, "removed namespaces of dead bench runs");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run_all(figures, bins, cli.json_out))
+}
+
+/// A figure's outcome for the summary: (pass, ratio) or the error.
+type Outcome = Result<(bool, f64), String>;
+
+async fn run_all(figures: Vec<Figure>, bins: Binaries, json_out: Option<PathBuf>) -> ExitCode {
+    let mut summary: Vec<(String, Outcome)> = Vec::new();
+    let many = figures.len() > 1;
+    for figure in &figures {
+        tracing::info!(figure = figure.name(), "running");
+        // Dropping the figure's future on Ctrl-C runs its guards, which
+        // remove what it made.
+        let result = tokio::select! {
+            r = figure.run(&bins) => r,
+            signal = interrupted() => {
+                eprintln!("weir-bench: {signal}; what the figure made was removed");
+                return ExitCode::from(130);
+            }
+        };
+        match result {
+            Ok(report) => {
+                print!("{}", report.table());
+                println!("{}", report.json_line());
+                let _ = std::io::stdout().flush();
+                if let Some(path) = &json_out
+                    && let Err(e) = append_line(path, &report.json_line())
+                {
+                    eprintln!("weir-bench: writing {}: {e:#}", path.display());
+                }
+                summary.push((figure.name().into(), Ok((report.pass, report.ratio))));
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {}: {e:#}", figure.name());
+                let line = serde_json::json!({"figure": figure.name(), "error": format!("{e:#}")});
+                println!("{line}");
+                if let Some(path) = &json_out {
+                    let _ = append_line(path, &line.to_string());
+                }
+                summary.push((figure.name().into(), Err(format!("{e:#}"))));
+            }
+        }
+    }
+    if many {
+        println!("== summary ==");
+        for (name, r) in &summary {
+            match r {
+                Ok((pass, ratio)) => println!(
+                    "  {name:<14} {}  ratio {ratio:.4}",
+                    if *pass { "PASS" } else { "MISS" }
+                ),
+                Err(e) => println!("  {name:<14} ERROR {e}"),
+            }
+        }
+    }
+    if summary.iter().any(|(_, r)| r.is_err()) {
+        ExitCode::FAILURE
+    } else if summary.iter().any(|(_, r)| matches!(r, Ok((false, _)))) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (exit) applies; never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted (SIGINT)",
+        _ = term.recv() => "terminated (SIGTERM)",
+    }
+}
+
+fn append_line(path: &std::path::Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEIR_BENCH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,weir_bench=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
