@@ -252,10 +252,9 @@ async fn flow_log_and_metrics_describe_real_traffic() {
     assert_eq!(sum(&m, "weir_state_objects", &["kind=\"Pod\""]), 2.0);
     assert_eq!(sum(&m, "weir_state_objects", &["kind=\"Namespace\""]), 2.0);
     assert!(sum(&m, "weir_datapath_packets_total", &[]) >= count("TCP") + count("UDP"));
-    assert!(
-        sum(&m, "weir_datapath_events_emitted_total", &[])
-            >= flows_only(&flows_now).len() as f64 - 1.0
-    );
+    // Kernel counters reach /metrics once a second and IPv6 neighbour
+    // discovery keeps emitting meanwhile: compare with the idle TCP/UDP flows.
+    assert!(sum(&m, "weir_datapath_events_emitted_total", &[]) >= count("TCP") + count("UDP"));
     assert!(sum(&m, "weir_state_last_sync_timestamp_seconds", &[]) > 1.7e9);
     assert_eq!(sum(&m, "weir_build_info", &[]), 1.0);
     assert!(
