@@ -28,13 +28,39 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent: load the datapath, serve metrics and the local API.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show the agent's status (over its local API socket).
     Status(SocketArgs),
     /// List the endpoints the agent knows.
     Endpoints(SocketArgs),
     /// Run a live demo: a lab of pods in network namespaces with traffic between them.
     Demo(DemoArgs),
+    /// Turn the Hubble-compatible flow API on or off at runtime, or show its state.
+    Flows(FlowsArgs),
+    /// Observe flows through the flow API, as `hubble observe` does.
+    Observe(Box<crate::observe::ObserveArgs>),
+}
+
+#[derive(Args, Debug)]
+struct FlowsArgs {
+    #[command(subcommand)]
+    action: FlowsAction,
+    /// Local API socket of the agent.
+    #[arg(long, env = "WEIR_SOCKET", default_value = weir_localapi::DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text", global = true)]
+    output: String,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum FlowsAction {
+    /// Start serving the flow API (no restart; the flow ring is kept).
+    Enable,
+    /// Stop serving the flow API: listeners close, open streams end.
+    Disable,
+    /// Show whether the flow API is on and where it listens.
+    Status,
 }
 
 #[derive(Args, Debug, Default)]
@@ -72,6 +98,15 @@ struct AgentArgs {
     /// Run the datapath in this network namespace (config: netns).
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Serve the flow API from the start (config: flowApi.enabled; default off).
+    #[arg(long)]
+    flow_api: bool,
+    /// Unix socket of the flow API, or "off" (config: flowApi.socket).
+    #[arg(long)]
+    flow_api_socket: Option<String>,
+    /// TCP address of the flow API (config: flowApi.address).
+    #[arg(long)]
+    flow_api_address: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -116,10 +151,12 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Agent(args) => agent(args),
+        Command::Agent(args) => agent(*args),
         Command::Status(args) => local_call(args, true),
         Command::Endpoints(args) => local_call(args, false),
         Command::Demo(args) => demo(args),
+        Command::Flows(args) => flows(args),
+        Command::Observe(args) => crate::observe::run(*args),
     }
 }
 
@@ -196,6 +233,19 @@ fn build_config(a: AgentArgs) -> Result<Config, ConfigError> {
     if let Some(v) = a.netns {
         c.netns = Some(v);
     }
+    if a.flow_api {
+        c.flow_api.enabled = true;
+    }
+    if let Some(v) = a.flow_api_socket {
+        c.flow_api.socket = if v == "off" {
+            PathBuf::new()
+        } else {
+            PathBuf::from(v)
+        };
+    }
+    if let Some(v) = a.flow_api_address {
+        c.flow_api.address = v;
+    }
     Ok(c)
 }
 
@@ -243,7 +293,8 @@ fn local_call(args: SocketArgs, status: bool) -> ExitCode {
                     s.events_lost,
                     s.attach_mode,
                     if s.metrics_addr.is_empty() { "off".to_string() } else { format!("http://{}/metrics", s.metrics_addr) },
-                )
+                ) + "\n" + &flow_api_text(&s.flow_api)
+                    + &hubble_status(&s.flow_api).await
             })
         } else {
             let eps = client.endpoints().await?;
@@ -276,6 +327,80 @@ fn local_call(args: SocketArgs, status: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("weir: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn flows(args: FlowsArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let client = weir_localapi::Client::new(&args.socket).with_timeout(Duration::from_secs(15));
+    let result = rt.block_on(async {
+        match args.action {
+            FlowsAction::Enable => client.set_flow_api(true).await,
+            FlowsAction::Disable => client.set_flow_api(false).await,
+            FlowsAction::Status => client.flow_api().await,
+        }
+    });
+    match result {
+        Ok(state) => {
+            if args.output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&state).unwrap_or_default()
+                );
+            } else {
+                println!("{}", flow_api_text(&state));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hubble status`'s lines, from the flow API's ServerStatus over its unix
+/// socket, when it is on; otherwise nothing.
+async fn hubble_status(s: &weir_localapi::FlowApiState) -> String {
+    if !s.enabled || s.socket.is_empty() {
+        return String::new();
+    }
+    let server = format!("unix://{}", s.socket);
+    match crate::observe::flow_api_status_text(&server).await {
+        Ok(text) => format!("\n{text}"),
+        Err(e) => format!("\nHealthcheck (via {server}): {e}"),
+    }
+}
+
+/// The flow API's state in a few lines, for `weir flows` and `weir status`.
+pub fn flow_api_text(s: &weir_localapi::FlowApiState) -> String {
+    if !s.enabled {
+        return "Flow API:     disabled (enable it with `weir flows enable`)".to_string();
+    }
+    let mut out = String::from("Flow API:     enabled");
+    if !s.socket.is_empty() {
+        out.push_str(&format!("\n  unix:       {}", s.socket));
+    }
+    if !s.address.is_empty() {
+        out.push_str(&format!(
+            "\n  tcp:        {} ({})",
+            s.address, s.tcp_security
+        ));
+    }
+    out.push_str(&format!("\n  streams:    {}", s.streams));
+    out
 }
 
 fn demo(args: DemoArgs) -> ExitCode {

@@ -92,6 +92,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub flow_log: FlowLogConfig,
     pub flows: FlowsConfig,
+    pub flow_api: FlowApiConfig,
     pub datapath: DatapathConfig,
     pub log: LogConfig,
 }
@@ -128,6 +129,234 @@ pub struct FlowsConfig {
     pub ring_capacity: usize,
 }
 
+/// Default path of the flow API's unix socket (the default `--server` of `weir observe`).
+pub const DEFAULT_FLOW_API_SOCKET: &str = "/var/run/weir/hubble.sock";
+/// Default bound of each flow API stream's queue.
+pub const DEFAULT_FLOW_API_STREAM_QUEUE: usize = 4096;
+
+/// `flowApi:` section: the Hubble-compatible gRPC flow API. Off by default:
+/// with `enabled: false` there is no listener of any kind until
+/// `weir flows enable`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowApiConfig {
+    /// Serve the flow API from the start. Default: false.
+    pub enabled: bool,
+    /// Unix socket path; empty for none. Default: /var/run/weir/hubble.sock.
+    pub socket: PathBuf,
+    /// Octal mode of the unix socket. Default: "0600" (root only).
+    pub socket_mode: String,
+    /// Group (name or number) owning the unix socket; give it mode 0660 to
+    /// let that group observe. Default: none.
+    pub socket_group: String,
+    /// TCP listen address (e.g. `0.0.0.0:4244`); empty for none. Default: none.
+    pub address: String,
+    /// Allow plain-text TCP (no TLS). Default: false: a TCP address needs `tls`.
+    pub insecure: bool,
+    pub tls: FlowApiTlsConfig,
+    /// File of bearer tokens (one per line, `#` comments), reloaded on change;
+    /// when set, every TCP request must carry `authorization: Bearer <token>`.
+    /// The unix socket relies on its file permissions. Default: none.
+    pub tokens_file: PathBuf,
+    /// Flows queued per stream for a slow client; beyond it the client gets a
+    /// `LostEvent` and the drop is counted. Default: 4096.
+    pub stream_queue: usize,
+    /// Address announced by the Peer service for Hubble Relay (`HOST:PORT`).
+    /// Default: the TCP listener's address when it is not a wildcard.
+    pub advertise_address: String,
+    /// TLS server name announced by the Peer service. Default:
+    /// `<nodeName>.default.hubble-grpc.cilium.io` (Hubble's scheme) when TLS is on.
+    pub tls_server_name: String,
+}
+
+/// `flowApi.tls:` section. Certificates reload when their files change.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowApiTlsConfig {
+    /// PEM server certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub client_ca_file: PathBuf,
+}
+
+impl Default for FlowApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            socket: PathBuf::from(DEFAULT_FLOW_API_SOCKET),
+            socket_mode: "0600".to_string(),
+            socket_group: String::new(),
+            address: String::new(),
+            insecure: false,
+            tls: FlowApiTlsConfig::default(),
+            tokens_file: PathBuf::new(),
+            stream_queue: DEFAULT_FLOW_API_STREAM_QUEUE,
+            advertise_address: String::new(),
+            tls_server_name: String::new(),
+        }
+    }
+}
+
+/// The flow API's settings once validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowApiSettings {
+    pub enabled_at_start: bool,
+    pub socket: Option<PathBuf>,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub tcp: Option<FlowApiTcp>,
+    pub tokens_file: Option<PathBuf>,
+    pub stream_queue: usize,
+    pub advertise_address: String,
+    pub tls_server_name: String,
+}
+
+/// The TCP listener of the flow API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowApiTcp {
+    pub address: SocketAddr,
+    /// None: plain text (`insecure: true`).
+    pub tls: Option<FlowApiTlsFiles>,
+}
+
+/// Certificate files of the TCP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowApiTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl FlowApiConfig {
+    fn validate(&self, node_name: &str) -> Result<FlowApiSettings, ConfigError> {
+        let socket = (!self.socket.as_os_str().is_empty()).then(|| self.socket.clone());
+        let socket_mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "flowApi.socketMode",
+                    format!(
+                        "{:?} is not an octal file mode such as \"0600\"",
+                        self.socket_mode
+                    ),
+                )
+            })?;
+        if socket_mode & 0o007 != 0 {
+            return Err(ConfigError::invalid(
+                "flowApi.socketMode",
+                format!(
+                    "{:?} gives every local user the flows; use a group (flowApi.socketGroup) and 0660",
+                    self.socket_mode
+                ),
+            ));
+        }
+        let socket_group = (!self.socket_group.is_empty()).then(|| self.socket_group.clone());
+        let tls_set =
+            !self.tls.cert_file.as_os_str().is_empty() || !self.tls.key_file.as_os_str().is_empty();
+        if tls_set
+            && (self.tls.cert_file.as_os_str().is_empty()
+                || self.tls.key_file.as_os_str().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "flowApi.tls",
+                "certFile and keyFile go together",
+            ));
+        }
+        if !tls_set && !self.tls.client_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "flowApi.tls.clientCaFile",
+                "needs certFile and keyFile (mTLS is TLS with client certificates)",
+            ));
+        }
+        let tcp = if self.address.is_empty() {
+            if tls_set {
+                return Err(ConfigError::invalid(
+                    "flowApi.tls",
+                    "set, but there is no TCP listener (flowApi.address)",
+                ));
+            }
+            None
+        } else {
+            let address = self.address.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid(
+                    "flowApi.address",
+                    format!("{:?} is not HOST:PORT ({e})", self.address),
+                )
+            })?;
+            let tls = if tls_set {
+                if self.insecure {
+                    return Err(ConfigError::invalid(
+                        "flowApi.insecure",
+                        "true together with flowApi.tls: choose one",
+                    ));
+                }
+                Some(FlowApiTlsFiles {
+                    cert: self.tls.cert_file.clone(),
+                    key: self.tls.key_file.clone(),
+                    client_ca: (!self.tls.client_ca_file.as_os_str().is_empty())
+                        .then(|| self.tls.client_ca_file.clone()),
+                })
+            } else if self.insecure {
+                None
+            } else {
+                return Err(ConfigError::invalid(
+                    "flowApi.address",
+                    "a TCP listener needs flowApi.tls (certFile, keyFile), or an explicit flowApi.insecure: true for plain text",
+                ));
+            };
+            Some(FlowApiTcp { address, tls })
+        };
+        if socket.is_none() && tcp.is_none() {
+            return Err(ConfigError::invalid(
+                "flowApi",
+                "neither socket nor address is set: the flow API would have no listener",
+            ));
+        }
+        if self.stream_queue == 0 || self.stream_queue > 1 << 20 {
+            return Err(ConfigError::invalid(
+                "flowApi.streamQueue",
+                format!("{} is outside 1..=1048576", self.stream_queue),
+            ));
+        }
+        let advertise_address = if !self.advertise_address.is_empty() {
+            self.advertise_address.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid(
+                    "flowApi.advertiseAddress",
+                    format!("{:?} is not HOST:PORT ({e})", self.advertise_address),
+                )
+            })?;
+            self.advertise_address.clone()
+        } else {
+            match &tcp {
+                Some(t) if !t.address.ip().is_unspecified() => t.address.to_string(),
+                _ => String::new(),
+            }
+        };
+        let tls_server_name = if !self.tls_server_name.is_empty() {
+            self.tls_server_name.clone()
+        } else if tcp.as_ref().is_some_and(|t| t.tls.is_some()) {
+            format!("{node_name}.default.hubble-grpc.cilium.io")
+        } else {
+            String::new()
+        };
+        Ok(FlowApiSettings {
+            enabled_at_start: self.enabled,
+            socket,
+            socket_mode,
+            socket_group,
+            tcp,
+            tokens_file: (!self.tokens_file.as_os_str().is_empty())
+                .then(|| self.tokens_file.clone()),
+            stream_queue: self.stream_queue,
+            advertise_address,
+            tls_server_name,
+        })
+    }
+}
+
 /// `datapath:` section.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -162,6 +391,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             flow_log: FlowLogConfig::default(),
             flows: FlowsConfig::default(),
+            flow_api: FlowApiConfig::default(),
             datapath: DatapathConfig::default(),
             log: LogConfig::default(),
         }
@@ -231,6 +461,7 @@ pub struct Validated {
     pub metrics_addr: Option<SocketAddr>,
     pub flow_log: FlowLogOutput,
     pub report_interval: Duration,
+    pub flow_api: FlowApiSettings,
 }
 
 impl Config {
@@ -336,7 +567,9 @@ impl Config {
         {
             return Err(ConfigError::invalid("manifests", "must not be empty"));
         }
+        let flow_api = self.flow_api.validate(&node_name)?;
         Ok(Validated {
+            flow_api,
             node_name,
             metrics_addr,
             flow_log,
@@ -396,6 +629,16 @@ mod tests {
         assert_eq!(v.report_interval, Duration::from_secs(5));
         assert_eq!(v.config.flows.ring_capacity, 4095);
         assert_eq!(v.config.socket, PathBuf::from("/var/run/weir/weir.sock"));
+        assert!(
+            !v.flow_api.enabled_at_start,
+            "the flow API is off by default"
+        );
+        assert_eq!(
+            v.flow_api.socket.as_deref(),
+            Some(Path::new("/var/run/weir/hubble.sock"))
+        );
+        assert_eq!(v.flow_api.socket_mode, 0o600);
+        assert_eq!(v.flow_api.tcp, None);
     }
 
     #[test]
@@ -437,8 +680,43 @@ mod tests {
             ),
             ("metrics: {address: nowhere}", "metrics.address"),
             ("flowLog: {queue: 0}", "flowLog.queue"),
+            ("flowApi: {socketMode: \"0999\"}", "flowApi.socketMode"),
+            ("flowApi: {socketMode: \"0666\"}", "flowApi.socketMode"),
+            ("flowApi: {address: \"0.0.0.0:4244\"}", "flowApi.address"),
+            (
+                "flowApi: {address: \"nowhere\", insecure: true}",
+                "flowApi.address",
+            ),
+            ("flowApi: {tls: {certFile: /c}}", "flowApi.tls"),
+            (
+                "flowApi: {tls: {clientCaFile: /ca}}",
+                "flowApi.tls.clientCaFile",
+            ),
+            (
+                "flowApi: {address: \"127.0.0.1:1\", tls: {certFile: /c, keyFile: /k}}",
+                "x",
+            ),
+            ("flowApi: {socket: \"\"}", "flowApi"),
+            ("flowApi: {streamQueue: 0}", "flowApi.streamQueue"),
+            (
+                "flowApi: {address: \"127.0.0.1:1\", insecure: true, tls: {certFile: /c, keyFile: /k}}",
+                "flowApi.insecure",
+            ),
         ];
         for (yaml, option) in cases {
+            if option == "x" {
+                // A valid TLS listener, as a control for the cases around it.
+                let v = Config::from_yaml(yaml).unwrap().validate().unwrap();
+                let tcp = v.flow_api.tcp.unwrap();
+                assert_eq!(tcp.tls.unwrap().client_ca, None);
+                assert_eq!(v.flow_api.advertise_address, "127.0.0.1:1");
+                assert!(
+                    v.flow_api
+                        .tls_server_name
+                        .ends_with(".default.hubble-grpc.cilium.io")
+                );
+                continue;
+            }
             let err = Config::from_yaml(yaml).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains(option), "{yaml}: {err}");
         }

@@ -42,6 +42,8 @@ pub struct Shared {
     kernel_lost: AtomicU64,
     metrics_addr: String,
     attach_mode: &'static str,
+    /// The Hubble-compatible flow API (off unless configured or enabled).
+    pub flow_api: crate::flowapi::FlowApi,
 }
 
 impl Shared {
@@ -60,7 +62,23 @@ impl Shared {
             events_lost: self.kernel_lost.load(Ordering::Relaxed),
             attach_mode: self.attach_mode.to_string(),
             metrics_addr: self.metrics_addr.clone(),
+            flow_api: self.flow_api.state(),
         }
+    }
+
+    /// Namespaces known from manifests and endpoints (for GetNamespaces).
+    pub fn namespace_names(&self) -> Vec<String> {
+        let state = self.state.lock().expect("state lock");
+        let mut v: Vec<String> = state.namespaces().map(|n| n.name.clone()).collect();
+        v.extend(
+            state
+                .endpoints()
+                .map(|e| e.namespace.clone())
+                .filter(|n| !n.is_empty()),
+        );
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Every registered endpoint.
@@ -232,6 +250,15 @@ pub fn run(cfg: Validated) -> anyhow::Result<()> {
         Some(addr) => Some(bind_metrics(addr)?),
         None => None,
     };
+    // The flow API may be enabled later: keep a way back to this namespace
+    // for its TCP listener.
+    let home = match &cfg.config.netns {
+        Some(_) => Some(
+            crate::netns::HomeNetns::current()
+                .context("opening the agent's own network namespace")?,
+        ),
+        None => None,
+    };
     if let Some(ns) = &cfg.config.netns {
         crate::netns::enter(ns)?;
         info!(netns = %ns.display(), "datapath runs in network namespace");
@@ -242,7 +269,7 @@ pub fn run(cfg: Validated) -> anyhow::Result<()> {
         .thread_name("weir-agent")
         .build()
         .context("building the tokio runtime")?;
-    rt.block_on(run_async(cfg, metrics_listener))
+    rt.block_on(run_async(cfg, metrics_listener, home))
 }
 
 fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -255,6 +282,7 @@ fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 async fn run_async(
     cfg: Validated,
     metrics_listener: Option<std::net::TcpListener>,
+    home: Option<crate::netns::HomeNetns>,
 ) -> anyhow::Result<()> {
     let c = &cfg.config;
     let opts = DatapathOptions {
@@ -305,19 +333,36 @@ async fn run_async(
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let shared = Arc::new(Shared {
-        node_name: cfg.node_name.clone(),
-        started: Instant::now(),
-        datapath: Mutex::new(datapath),
-        state: Mutex::new(ClusterState::new()),
-        lifecycle: Mutex::new(()),
-        index: RwLock::new(Arc::new(EndpointIndex::new())),
-        store,
-        metrics,
-        ready: AtomicBool::new(false),
-        kernel_lost: AtomicU64::new(0),
-        metrics_addr,
-        attach_mode,
+    let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+        let weak = weak.clone();
+        let namespaces: weir_api::observer::NamespaceSource = Arc::new(move || {
+            weak.upgrade()
+                .map(|s| s.namespace_names())
+                .unwrap_or_default()
+        });
+        let flow_api = crate::flowapi::FlowApi::new(
+            cfg.flow_api.clone(),
+            home,
+            cfg.node_name.clone(),
+            store.clone(),
+            metrics.clone(),
+            namespaces,
+        );
+        Shared {
+            flow_api,
+            node_name: cfg.node_name.clone(),
+            started: Instant::now(),
+            datapath: Mutex::new(datapath),
+            state: Mutex::new(ClusterState::new()),
+            lifecycle: Mutex::new(()),
+            index: RwLock::new(Arc::new(EndpointIndex::new())),
+            store,
+            metrics,
+            ready: AtomicBool::new(false),
+            kernel_lost: AtomicU64::new(0),
+            metrics_addr,
+            attach_mode,
+        }
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -398,10 +443,18 @@ async fn run_async(
             .await
             .context("local API server")
     });
+    if shared.flow_api.enabled_at_start() {
+        shared
+            .flow_api
+            .enable()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     shared.ready.store(true, Ordering::Release);
     info!(socket = %c.socket.display(), node = %cfg.node_name, "agent ready");
 
     let result = wait_for_shutdown(&mut tasks).await;
+    shared.flow_api.disable().await;
     let _ = shutdown_tx.send(true);
     // The reader stops on the signal above; then every consumer drains what
     // is queued and ends (bounded by the drain timeout below).

@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod flowapi;
 pub mod metrics_http;
 pub mod netns;
+pub mod observe;
 pub mod server;

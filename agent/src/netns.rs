@@ -55,3 +55,38 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
 }
+
+/// The network namespace the agent started in, kept open so that listeners
+/// opened later (the flow API, turned on at runtime) still bind there and
+/// not in the node namespace the datapath runs in.
+#[derive(Debug)]
+pub struct HomeNetns {
+    file: std::fs::File,
+}
+
+impl HomeNetns {
+    /// Opens the calling thread's current network namespace.
+    pub fn current() -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::open("/proc/thread-self/ns/net")?,
+        })
+    }
+
+    /// Binds a TCP listener in this namespace. setns(2) moves only the
+    /// calling thread, so a short-lived thread does it and the listener (a
+    /// file descriptor, valid in any namespace) comes back.
+    pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        let file = self.file.try_clone()?;
+        std::thread::Builder::new()
+            .name("weir-bind".into())
+            .spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("the bind thread panicked"))?
+    }
+}

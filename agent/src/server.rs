@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use weir_localapi::{Endpoint, EndpointRegistration, ErrorBody, Status, paths};
+use weir_localapi::{FlowApiChange, FlowApiState};
 
 use crate::daemon::Shared;
 
@@ -86,11 +87,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(paths::STATUS, get(status))
         .route(paths::ENDPOINTS, get(list_endpoints).post(register))
         .route("/v1/endpoints/{container_id}/{ifname}", delete(unregister))
+        .route(paths::FLOW_API, get(flow_api_state).put(flow_api_change))
         .with_state(shared)
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
     Json(shared.status())
+}
+
+async fn flow_api_state(State(shared): State<Arc<Shared>>) -> Json<FlowApiState> {
+    Json(shared.flow_api.state())
+}
+
+async fn flow_api_change(
+    State(shared): State<Arc<Shared>>,
+    Json(change): Json<FlowApiChange>,
+) -> Result<Json<FlowApiState>, ApiError> {
+    if change.enabled {
+        shared
+            .flow_api
+            .enable()
+            .await
+            .map(Json)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+    } else {
+        Ok(Json(shared.flow_api.disable().await))
+    }
 }
 
 async fn list_endpoints(State(shared): State<Arc<Shared>>) -> Json<Vec<Endpoint>> {

@@ -176,6 +176,51 @@ fn setup() -> Result<()> {
             "--locked",
         ]))?;
     }
+    python_env()
+}
+
+/// The Python environment of the compatibility tests: a venv in
+/// target/pyenv with grpcio and grpcio-tools from PyPI, so a client generated
+/// from the upstream Hubble protos can talk to the agent.
+fn python_env() -> Result<()> {
+    let req = root().join("integration/hubble-compat/python/requirements.txt");
+    let venv = target_dir().join("pyenv");
+    let stamp = venv.join("weir-requirements.txt");
+    let wanted =
+        std::fs::read_to_string(&req).with_context(|| format!("reading {}", req.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    if !have("python3") {
+        bail!("python3 is missing: install it (Debian: apt-get install -y python3 python3-venv)");
+    }
+    eprintln!("xtask: creating {} (grpcio, grpcio-tools)", venv.display());
+    let created = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?;
+    if !created.success() {
+        if !is_root() {
+            bail!("python3 -m venv failed; install python3-venv (apt-get install -y python3-venv)");
+        }
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "python3-venv",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&req))?;
+    std::fs::write(&stamp, wanted).context("writing the venv stamp")?;
     Ok(())
 }
 

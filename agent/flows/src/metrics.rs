@@ -169,6 +169,15 @@ pub struct Metrics {
     pub state_sync_errors: IntCounter,
     /// weir_state_last_sync_timestamp_seconds
     pub state_last_sync_timestamp: Gauge,
+
+    /// weir_flow_api_enabled
+    pub flow_api_enabled: IntGauge,
+    /// weir_flow_api_streams
+    pub flow_api_streams: IntGauge,
+    /// weir_flow_api_flows_sent_total
+    pub flow_api_flows_sent: IntCounter,
+    flow_api_requests: IntCounterVec,
+    flow_api_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -233,7 +242,38 @@ impl Metrics {
             .map(|_| OnceLock::new())
             .collect();
 
+        let flow_api_sent = IntCounter::new(
+            "weir_flow_api_flows_sent_total",
+            "Flows sent to flow API clients.",
+        )
+        .map_err(|source| MetricsError::Register {
+            name: "weir_flow_api_flows_sent_total",
+            source,
+        })?;
         Ok(Self {
+            flow_api_enabled: gauge(
+                r,
+                "weir_flow_api_enabled",
+                "1 while the Hubble-compatible flow API is serving, else 0.",
+            )?,
+            flow_api_streams: gauge(
+                r,
+                "weir_flow_api_streams",
+                "GetFlows streams open right now.",
+            )?,
+            flow_api_flows_sent: register(r, "weir_flow_api_flows_sent_total", flow_api_sent)?,
+            flow_api_requests: counter_vec(
+                r,
+                "weir_flow_api_requests_total",
+                "Flow API calls, by method and gRPC status code.",
+                &["method", "code"],
+            )?,
+            flow_api_refused: counter_vec(
+                r,
+                "weir_flow_api_refused_total",
+                "Flow API connections or calls refused by TLS or token checks, by reason.",
+                &["reason"],
+            )?,
             datapath_info,
             flows_processed,
             flows_processed_cache,
@@ -442,6 +482,26 @@ impl Metrics {
             .set(1);
     }
 
+    /// Counts one finished flow API call (`code` as gRPC names it, e.g. `OK`).
+    pub fn flow_api_request(&self, method: &str, code: &str) {
+        self.flow_api_requests
+            .with_label_values(&[method, code])
+            .inc();
+    }
+
+    /// Counts one refused flow API connection or call.
+    pub fn flow_api_refused(&self, reason: &str) {
+        self.flow_api_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Creates `weir_flow_api_refused_total{reason}` at 0 for each reason, so
+    /// alerts and dashboards see the series before the first refusal.
+    pub fn flow_api_refused_reasons(&self, reasons: &[&str]) {
+        for r in reasons {
+            let _ = self.flow_api_refused.with_label_values(&[*r]);
+        }
+    }
+
     /// Sets `weir_state_objects{kind}`.
     pub fn set_state_objects(&self, kind: &str, n: i64) {
         self.state_objects.with_label_values(&[kind]).set(n);
@@ -477,6 +537,7 @@ impl Metrics {
             len,
             capacity,
             dropped,
+            ..
         } in store.subscriber_stats()
         {
             let queue = format!("flows_{name}");

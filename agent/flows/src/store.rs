@@ -50,17 +50,22 @@ pub enum Item {
     },
 }
 
-/// A snapshot of one subscriber queue, for metrics.
+/// A snapshot of one subscriber queue, or of every live queue sharing a
+/// name (see [`FlowStore::subscriber_stats`]), for metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueStats {
     /// The name given to [`FlowStore::subscribe`].
     pub name: String,
-    /// Flows waiting in the queue.
+    /// Flows waiting in the queue(s).
     pub len: usize,
-    /// The queue's bound.
+    /// The queue's bound (summed over the live queues of the name).
     pub capacity: usize,
-    /// Flows dropped for this subscriber since it subscribed.
+    /// Flows dropped: for one subscription, since it subscribed; for a name,
+    /// since the store was created, over every subscription ever made under
+    /// that name (so it never goes down when a subscriber leaves).
     pub dropped: u64,
+    /// Live subscriptions (1 for one subscription's own stats).
+    pub subscribers: usize,
 }
 
 /// The flow ring plus subscribers. Cheap to clone (one `Arc`).
@@ -74,6 +79,8 @@ struct StoreInner {
     capacity: usize,
     seen: AtomicU64,
     subscribers: RwLock<Vec<Arc<SubQueue>>>,
+    /// Drops per subscriber name, cumulative across subscriptions.
+    dropped_by_name: Mutex<std::collections::HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl std::fmt::Debug for StoreInner {
@@ -128,6 +135,7 @@ impl FlowStore {
                 capacity,
                 seen: AtomicU64::new(0),
                 subscribers: RwLock::new(Vec::new()),
+                dropped_by_name: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -212,13 +220,21 @@ impl FlowStore {
 
     /// A new consumer receiving every flow pushed from now on, through a
     /// queue of at most `capacity` flows (at least 1).
+    /// Several subscriptions may share a name (e.g. every flow API stream);
+    /// their statistics are reported together.
     pub fn subscribe(&self, name: &str, capacity: usize) -> Subscription {
+        let name_dropped = Arc::clone(
+            lock(&self.inner.dropped_by_name)
+                .entry(name.to_owned())
+                .or_default(),
+        );
         let queue = Arc::new(SubQueue {
             name: name.to_owned(),
             capacity: capacity.max(1),
             state: Mutex::new(QueueState::default()),
             notify: Notify::new(),
             dropped: AtomicU64::new(0),
+            name_dropped,
             receiver_gone: AtomicBool::new(false),
         });
         self.inner
@@ -229,16 +245,37 @@ impl FlowStore {
         Subscription { queue }
     }
 
-    /// Queue statistics of the live subscribers.
+    /// Queue statistics per subscriber name: every name ever subscribed,
+    /// with the live queues of that name summed (0 of them when all left).
     pub fn subscriber_stats(&self) -> Vec<QueueStats> {
-        self.inner
+        let mut out: Vec<QueueStats> = lock(&self.inner.dropped_by_name)
+            .iter()
+            .map(|(name, dropped)| QueueStats {
+                name: name.clone(),
+                len: 0,
+                capacity: 0,
+                dropped: dropped.load(Ordering::Relaxed),
+                subscribers: 0,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let subs = self
+            .inner
             .subscribers
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        for q in subs
             .iter()
             .filter(|q| !q.receiver_gone.load(Ordering::Relaxed))
-            .map(|q| q.stats())
-            .collect()
+        {
+            if let Ok(i) = out.binary_search_by(|s| s.name.as_str().cmp(&q.name)) {
+                let s = &mut out[i];
+                s.len += lock(&q.state).flows;
+                s.capacity += q.capacity;
+                s.subscribers += 1;
+            }
+        }
+        out
     }
 
     /// Ends every subscription: each receives what is queued, then `None`.
@@ -270,6 +307,8 @@ struct SubQueue {
     state: Mutex<QueueState>,
     notify: Notify,
     dropped: AtomicU64,
+    /// The per-name total in the store this queue also counts into.
+    name_dropped: Arc<AtomicU64>,
     receiver_gone: AtomicBool,
 }
 
@@ -298,6 +337,7 @@ impl SubQueue {
             if st.flows >= self.capacity {
                 st.pending_lost += 1;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.name_dropped.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
             was_empty = st.items.is_empty();
@@ -374,6 +414,7 @@ impl SubQueue {
             len: lock(&self.state).flows,
             capacity: self.capacity,
             dropped: self.dropped.load(Ordering::Relaxed),
+            subscribers: 1,
         }
     }
 }

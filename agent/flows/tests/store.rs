@@ -167,16 +167,44 @@ async fn close_subscribers_and_unsubscribe() {
     let b = s.subscribe("b", 4);
     drop(b);
     s.push(flow(1));
+    let live = |s: &FlowStore| -> Vec<(String, usize)> {
+        s.subscriber_stats()
+            .into_iter()
+            .map(|q| (q.name, q.subscribers))
+            .collect()
+    };
     assert_eq!(
-        s.subscriber_stats().len(),
-        1,
-        "dropped subscription is removed"
+        live(&s),
+        vec![("a".to_string(), 1), ("b".to_string(), 0)],
+        "dropped subscription is removed; its name's totals stay"
     );
     s.close_subscribers();
     assert!(matches!(a.recv().await, Some(Item::Flow(_))));
     assert_eq!(a.recv().await, None);
-    assert!(s.subscriber_stats().is_empty());
+    assert!(s.subscriber_stats().iter().all(|q| q.subscribers == 0));
     // The ring still works.
     s.push(flow(2));
     assert_eq!(s.len(), 2);
+}
+
+#[test]
+fn subscriptions_sharing_a_name_are_reported_together_and_drops_never_go_down() {
+    let s = FlowStore::new();
+    let a = s.subscribe("api", 1);
+    let b = s.subscribe("api", 2);
+    for i in 0..3 {
+        s.push(flow(i));
+    }
+    // a keeps 1 and drops 2; b keeps 2 and drops 1.
+    let st = s.subscriber_stats();
+    assert_eq!(st.len(), 1);
+    assert_eq!(
+        (st[0].len, st[0].capacity, st[0].dropped, st[0].subscribers),
+        (3, 3, 3, 2)
+    );
+    drop(a);
+    let st = s.subscriber_stats();
+    assert_eq!((st[0].len, st[0].dropped, st[0].subscribers), (2, 3, 1));
+    drop(b);
+    assert_eq!(s.subscriber_stats()[0].dropped, 3);
 }

@@ -25,6 +25,33 @@ pub mod paths {
     pub const ENDPOINTS: &str = "/v1/endpoints";
     /// `DELETE /v1/endpoints/{container_id}/{ifname}`: unregister (idempotent).
     pub const ENDPOINT_PREFIX: &str = "/v1/endpoints/";
+    /// `GET`: [`FlowApiState`]; `PUT` [`FlowApiChange`]: turn the flow API on or off.
+    pub const FLOW_API: &str = "/v1/flows/api";
+}
+
+/// The Hubble-compatible flow API's state, for `weir flows`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowApiState {
+    /// Whether the flow API is serving.
+    pub enabled: bool,
+    /// Unix socket it serves on (empty when none or disabled).
+    #[serde(default)]
+    pub socket: String,
+    /// TCP address it serves on (empty when none or disabled).
+    #[serde(default)]
+    pub address: String,
+    /// `tls`, `mtls` or `insecure` for the TCP listener (empty when none).
+    #[serde(default)]
+    pub tcp_security: String,
+    /// Streams open right now.
+    #[serde(default)]
+    pub streams: u64,
+}
+
+/// `PUT /v1/flows/api`: the wanted state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowApiChange {
+    pub enabled: bool,
 }
 
 /// What weir-cni tells the agent after it created a pod's interface.
@@ -81,6 +108,9 @@ pub struct Status {
     /// lets a caller that asked for port 0 find the real port.
     #[serde(default)]
     pub metrics_addr: String,
+    /// The flow API's state.
+    #[serde(default)]
+    pub flow_api: FlowApiState,
 }
 
 /// An error answer of the API: `{"error": "..."}` with a non-2xx status.
@@ -177,6 +207,21 @@ impl Client {
     /// `POST /v1/endpoints`: returns once the programs are attached.
     pub async fn register(&self, reg: &EndpointRegistration) -> Result<Endpoint, ClientError> {
         self.call(Method::POST, paths::ENDPOINTS, Some(reg)).await
+    }
+
+    /// `GET /v1/flows/api`.
+    pub async fn flow_api(&self) -> Result<FlowApiState, ClientError> {
+        self.call(Method::GET, paths::FLOW_API, None::<&()>).await
+    }
+
+    /// `PUT /v1/flows/api`: returns the state once the change took effect.
+    pub async fn set_flow_api(&self, enabled: bool) -> Result<FlowApiState, ClientError> {
+        self.call(
+            Method::PUT,
+            paths::FLOW_API,
+            Some(&FlowApiChange { enabled }),
+        )
+        .await
     }
 
     /// `DELETE /v1/endpoints/{container_id}/{ifname}`; succeeds if it is already gone.
