@@ -351,7 +351,12 @@ impl Observer for ObserverService {
                 .store
                 .subscribe(SUBSCRIBER_NAME, self.inner.stream_queue)
         });
-        let snapshot = self.inner.store.last(self.inner.store.capacity());
+        // A follow of new flows only reads no history (and needs no dedup).
+        let snapshot = if q.follow && q.number == 0 && q.since.is_none() {
+            Vec::new()
+        } else {
+            self.inner.store.last(self.inner.store.capacity())
+        };
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         tokio::spawn(run_stream(self.inner.clone(), q, sub, snapshot, tx));
         Ok(Response::new(Box::pin(

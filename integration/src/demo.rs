@@ -221,6 +221,9 @@ pub fn banner(lab: &Lab) -> String {
         "  agent log      {}\n",
         lab.agent_log_path().display()
     ));
+    s.push_str(
+        "  flow API       off, as by default: `weir flows enable`, then `weir observe -f`\n",
+    );
     s.push_str("Flows follow. Ctrl-C stops the demo and removes everything.\n");
     s
 }
