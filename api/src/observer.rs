@@ -114,6 +114,8 @@ struct Query {
     follow: bool,
     since: Option<Timestamp>,
     until: Option<Timestamp>,
+    /// Send `extensions` (see [`Query::compile`]).
+    extensions: bool,
 }
 
 impl Query {
@@ -131,6 +133,16 @@ impl Query {
             .as_ref()
             .filter(|m| !m.paths.is_empty())
             .or_else(|| r.experimental.as_ref().and_then(|e| e.field_mask.as_ref()));
+        // Weir's counters travel in `extensions` as an Any whose type the
+        // upstream protos do not define: clients generated from them decode
+        // it as opaque bytes but cannot print it as JSON (`hubble observe -o
+        // json` fails). So it is sent only to a client whose field mask asks
+        // for it by name.
+        let extensions = mask_src.is_some_and(|m| {
+            m.paths
+                .iter()
+                .any(|p| p == "extensions" || p.starts_with("extensions."))
+        });
         let mask = match mask_src {
             Some(m) if !m.paths.is_empty() => {
                 Some(FlowMask::compile(m).map_err(|e| Status::invalid_argument(e.to_string()))?)
@@ -164,6 +176,7 @@ impl Query {
             follow: r.follow,
             since,
             until,
+            extensions,
         })
     }
 
@@ -207,6 +220,9 @@ impl Query {
 
     fn response(&self, f: &Flow, node: &str) -> po::GetFlowsResponse {
         let mut pf = convert::flow_to_proto(f);
+        if !self.extensions {
+            pf.extensions = None;
+        }
         if let Some(m) = &self.mask {
             m.apply(&mut pf);
         }

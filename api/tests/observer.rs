@@ -303,3 +303,36 @@ async fn a_slow_client_loses_flows_and_is_told_in_place() {
         "the drops are counted for metrics"
     );
 }
+
+#[tokio::test]
+async fn extensions_only_when_the_field_mask_asks_for_them() {
+    let store = FlowStore::new();
+    let mut f = flow(1);
+    f.extensions = Some(weir_flows::flow::FlowExtensions {
+        packets_forward: 3,
+        ..Default::default()
+    });
+    store.push(f);
+    let (svc, _stop) = service(&store, 16);
+    let flow_of = |r: &GetFlowsResponse| match &r.response_types {
+        Some(get_flows_response::ResponseTypes::Flow(f)) => f.clone(),
+        _ => panic!("not a flow"),
+    };
+    // Upstream clients cannot print an Any of a type they do not know.
+    let r = collect(&svc, GetFlowsRequest::default()).await;
+    assert!(flow_of(&r[0]).extensions.is_none());
+    assert!(flow_of(&r[0]).l4.is_some());
+    let r = collect(
+        &svc,
+        GetFlowsRequest {
+            field_mask: Some(prost_types::FieldMask {
+                paths: vec!["extensions".into(), "l4".into()],
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let f = flow_of(&r[0]);
+    assert!(f.extensions.is_some(), "asked for by name");
+    assert!(f.l4.is_some() && f.source.is_none(), "mask applied");
+}

@@ -70,13 +70,18 @@ def generate_stubs(protos, out_dir):
 
 
 def channel_target(server):
+    """The grpc target and channel options for --server."""
     if server.startswith("unix://"):
-        return server
+        # gRPC C-core (>= 1.57) sends the percent-encoded socket path as
+        # :authority, which HTTP/2 servers built on Rust's h2 (tonic) reject
+        # with RST_STREAM PROTOCOL_ERROR; grpc-go (the hubble CLI), grpcurl and
+        # the kubelet send "localhost" for unix sockets, and so do we.
+        return server, [("grpc.default_authority", "localhost")]
     if server.startswith("http://"):
-        return server[len("http://"):]
+        return server[len("http://"):], []
     if "://" in server:
         fail(2, f"ERROR USAGE unsupported server {server!r} (unix:///path, host:port, http://host:port)")
-    return server
+    return server, []
 
 
 # Stands in for a flow's `extensions` whose Any holds a type the upstream
@@ -213,7 +218,8 @@ def run(args, mods):
 
     observer_pb2, peer_pb2 = mods["observer_pb2"], mods["peer_pb2"]
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
-    with grpc.insecure_channel(channel_target(args.server)) as channel:
+    target, options = channel_target(args.server)
+    with grpc.insecure_channel(target, options=options) as channel:
         observer = mods["observer_grpc"].ObserverStub(channel)
         try:
             if args.command == "get-flows":
