@@ -105,6 +105,14 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Listen address. Default: 0.0.0.0:9965.
     pub address: String,
+    /// Hubble-compatible flow metrics, in Hubble's option grammar
+    /// (`drop:sourceContext=namespace;destinationContext=pod`). Default: the
+    /// low-cardinality set `weir_flows::hubble_metrics::DEFAULT_METRICS`
+    /// (no pod labels); an empty list turns them off.
+    pub flows: Option<Vec<String>>,
+    /// Series per Hubble metric family; flows that would add more are counted
+    /// in `weir_metrics_series_dropped_total{family}`. Default: 10000.
+    pub series_limit: usize,
 }
 
 /// `flowLog:` section.
@@ -403,6 +411,8 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             address: DEFAULT_METRICS_ADDR.to_string(),
+            flows: None,
+            series_limit: weir_flows::hubble_metrics::DEFAULT_SERIES_LIMIT,
         }
     }
 }
@@ -462,6 +472,8 @@ pub struct Validated {
     pub flow_log: FlowLogOutput,
     pub report_interval: Duration,
     pub flow_api: FlowApiSettings,
+    /// Hubble metric families, parsed.
+    pub hubble_metrics: Vec<weir_flows::hubble_metrics::MetricSpec>,
 }
 
 impl Config {
@@ -568,7 +580,19 @@ impl Config {
             return Err(ConfigError::invalid("manifests", "must not be empty"));
         }
         let flow_api = self.flow_api.validate(&node_name)?;
+        let hubble_metrics = match &self.metrics.flows {
+            None => weir_flows::hubble_metrics::default_specs(),
+            Some(entries) => weir_flows::hubble_metrics::parse(entries)
+                .map_err(|e| ConfigError::invalid("metrics.flows", e.to_string()))?,
+        };
+        if self.metrics.series_limit == 0 {
+            return Err(ConfigError::invalid(
+                "metrics.seriesLimit",
+                "must be at least 1",
+            ));
+        }
         Ok(Validated {
+            hubble_metrics,
             flow_api,
             node_name,
             metrics_addr,
@@ -680,6 +704,12 @@ mod tests {
             ),
             ("metrics: {address: nowhere}", "metrics.address"),
             ("flowLog: {queue: 0}", "flowLog.queue"),
+            ("metrics: {flows: [\"dns\"]}", "metrics.flows"),
+            (
+                "metrics: {flows: [\"drop:sourceContext=nope\"]}",
+                "metrics.flows",
+            ),
+            ("metrics: {seriesLimit: 0}", "metrics.seriesLimit"),
             ("flowApi: {socketMode: \"0999\"}", "flowApi.socketMode"),
             ("flowApi: {socketMode: \"0666\"}", "flowApi.socketMode"),
             ("flowApi: {address: \"0.0.0.0:4244\"}", "flowApi.address"),

@@ -38,6 +38,8 @@ pub struct Shared {
     index: RwLock<Arc<EndpointIndex>>,
     pub store: FlowStore,
     pub metrics: Arc<Metrics>,
+    /// Hubble-compatible flow metric families (option metrics.flows).
+    hubble_metrics: weir_flows::hubble_metrics::HubbleMetrics,
     ready: AtomicBool,
     kernel_lost: AtomicU64,
     metrics_addr: String,
@@ -311,6 +313,12 @@ async fn run_async(
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     metrics.set_datapath_info(attach_mode, &kernel);
+    let hubble_metrics = weir_flows::hubble_metrics::HubbleMetrics::new(
+        metrics.registry(),
+        &cfg.hubble_metrics,
+        c.metrics.series_limit,
+    )
+    .context("option metrics.flows")?;
     if datapath.attach_mode() == weir_datapath::AttachMode::ClsAct {
         warn!(
             kernel = %kernel,
@@ -358,6 +366,7 @@ async fn run_async(
             index: RwLock::new(Arc::new(EndpointIndex::new())),
             store,
             metrics,
+            hubble_metrics,
             ready: AtomicBool::new(false),
             kernel_lost: AtomicU64::new(0),
             metrics_addr,
@@ -538,10 +547,12 @@ async fn read_events(
         let index = shared.current_index();
         let store = &shared.store;
         let metrics = &shared.metrics;
+        let hubble = &shared.hubble_metrics;
         tokio::select! {
             r = reader.next_batch(READ_BATCH, |ev| {
                 let flow = decoder.decode(ev, &index);
                 metrics.observe_flow(&flow);
+                hubble.observe(&flow);
                 store.push(flow);
             }) => { r.context("reading the event ring buffer")?; }
             _ = stop.changed() => return Ok(()),

@@ -27,45 +27,44 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use weir_integration::{Lab, NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
 
-/// Why the hubble_* panels are empty today.
-const HUBBLE_NOT_WIRED: &str = "the Hubble-compatible hubble_* families are not served by the agent yet \
-     (issue 5 item 1; once they are, remove these entries and give the lab agent the metric options)";
 /// Why nothing is dropped in the lab.
 const NO_POLICY: &str =
     "the lab applies no network policy, so nothing is dropped or judged by policy";
+
+/// The agent's Hubble metric options in this test: the defaults plus the
+/// contexts the per-namespace and per-pod drop panels need (see
+/// dashboards/README.md).
+const METRICS_CONFIG: &str = r#"metrics:
+  flows:
+    - flow
+    - "drop:labelsContext=source_namespace,source_pod,destination_namespace,destination_pod"
+    - tcp
+    - port-distribution
+    - icmp
+    - policy
+    - flows-to-world
+"#;
 
 /// Panels (by title, unique across dashboards) and recording rules (by
 /// name) that the lab's traffic cannot feed yet, with the reason. Everything
 /// else must return data.
 const NOT_FED_YET: &[(&str, &str)] = &[
-    // Weir / Node flows
-    ("Hubble flows by type and subtype", HUBBLE_NOT_WIRED),
-    ("Flows to world", HUBBLE_NOT_WIRED),
-    ("Top destination ports", HUBBLE_NOT_WIRED),
-    ("ICMP messages by type", HUBBLE_NOT_WIRED),
     // Weir / Drops
     ("Dropped flows by node", NO_POLICY),
-    ("Drops by reason and protocol", HUBBLE_NOT_WIRED),
-    ("Drops by source namespace", HUBBLE_NOT_WIRED),
-    ("Drops by destination namespace", HUBBLE_NOT_WIRED),
-    ("Top dropped source pods", HUBBLE_NOT_WIRED),
-    ("Top dropped destination pods", HUBBLE_NOT_WIRED),
+    ("Drops by reason and protocol", NO_POLICY),
+    ("Drops by source namespace", NO_POLICY),
+    ("Drops by destination namespace", NO_POLICY),
+    ("Top dropped source pods", NO_POLICY),
+    ("Top dropped destination pods", NO_POLICY),
     // Weir / Network policy
-    ("Policy verdicts by action", HUBBLE_NOT_WIRED),
-    ("Policy verdicts by direction and match", HUBBLE_NOT_WIRED),
-    ("Denied by policy", HUBBLE_NOT_WIRED),
+    ("Policy verdicts by action", NO_POLICY),
+    ("Policy verdicts by direction and match", NO_POLICY),
+    ("Denied by policy", NO_POLICY),
     ("Policy verdict events by verdict", NO_POLICY),
     (
         "Policies in the cluster model",
         "the cluster model has no NetworkPolicy kind yet (agent/state), so weir_state_objects has no *Policy series",
     ),
-    // Weir / Agent
-    ("Flow metric updates over the series cap", HUBBLE_NOT_WIRED),
-    // Weir / TCP health
-    ("TCP flags per second", HUBBLE_NOT_WIRED),
-    ("SYN without SYN-ACK", HUBBLE_NOT_WIRED),
-    ("Unanswered SYN ratio", HUBBLE_NOT_WIRED),
-    ("TCP resets per second", HUBBLE_NOT_WIRED),
 ];
 
 /// Grafana's `$__rate_interval` for a 1 s scrape, with margin.
@@ -318,9 +317,13 @@ async fn every_dashboard_panel_fed_by_the_lab_returns_data_from_a_real_prometheu
     let Some(bin) = prometheus_bin(TEST) else {
         return;
     };
-    let Some(options) = common::agent_lab_options(TEST) else {
+    let Some(mut options) = common::agent_lab_options(TEST) else {
         return;
     };
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("weir.yaml");
+    std::fs::write(&cfg, METRICS_CONFIG).unwrap();
+    options.agent_args = vec!["--config".into(), cfg.display().to_string()];
     let mut lab = Lab::start(options).await.expect("lab starts");
     lab.add_namespace(NamespaceSpec::new("x")).unwrap();
     lab.add_namespace(NamespaceSpec::new("y")).unwrap();

@@ -12,6 +12,7 @@ pub mod compact;
 pub mod decode;
 pub mod export;
 pub mod flow;
+pub mod hubble_metrics;
 pub mod metrics;
 mod pbjson;
 pub mod store;

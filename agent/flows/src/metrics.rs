@@ -410,7 +410,8 @@ impl Metrics {
         let t = match flow.event_type.map(|e| e.r#type) {
             Some(EVENT_TYPE_TRACE) => 0,
             Some(EVENT_TYPE_DROP) => 1,
-            Some(9) => 2,
+            // Cilium's MessageTypePolicyVerdict and MessageTypeAccessLog (L7).
+            Some(5) => 2,
             Some(129) => 3,
             _ => match flow.r#type {
                 FlowType::L7 => 3,
