@@ -83,6 +83,9 @@ struct AgentArgs {
     /// Flow log: off, stdout or a file path (config: flowLog.output).
     #[arg(long)]
     flow_log: Option<String>,
+    /// Hubble-style flow-log exporters file, watched (config: flowLogsConfig).
+    #[arg(long)]
+    flow_logs_config: Option<PathBuf>,
     /// Flow log format: json or compact (config: flowLog.format).
     #[arg(long, value_parser = ["json", "compact"])]
     flow_log_format: Option<String>,
@@ -209,6 +212,9 @@ fn build_config(a: AgentArgs) -> Result<Config, ConfigError> {
     }
     if let Some(v) = a.flow_log {
         c.flow_log.output = v;
+    }
+    if let Some(v) = a.flow_logs_config {
+        c.flow_logs_config = Some(v);
     }
     if let Some(v) = a.flow_log_format {
         c.flow_log.format = if v == "compact" {

@@ -91,6 +91,11 @@ pub struct Config {
     pub netns: Option<PathBuf>,
     pub metrics: MetricsConfig,
     pub flow_log: FlowLogConfig,
+    /// Hubble-style dynamic flow-log exporters: a YAML file with a `flowLogs:`
+    /// list (name, filePath, includeFilters, excludeFilters, fieldMask, end,
+    /// fileMaxSizeMb, fileMaxBackups, fileCompress), watched and applied
+    /// without restart. Default: none.
+    pub flow_logs_config: Option<PathBuf>,
     pub flows: FlowsConfig,
     pub flow_api: FlowApiConfig,
     pub datapath: DatapathConfig,
@@ -398,6 +403,7 @@ impl Default for Config {
             netns: None,
             metrics: MetricsConfig::default(),
             flow_log: FlowLogConfig::default(),
+            flow_logs_config: None,
             flows: FlowsConfig::default(),
             flow_api: FlowApiConfig::default(),
             datapath: DatapathConfig::default(),

@@ -441,6 +441,10 @@ async fn run_async(
         }
     }
 
+    if let Some(path) = c.flow_logs_config.clone() {
+        tasks.spawn(run_exporters(path, shared.clone(), shutdown_rx.clone()));
+    }
+
     let listener = crate::server::bind(&c.socket).await?;
     let app = crate::server::router(shared.clone());
     let mut stop = shutdown_rx.clone();
@@ -495,6 +499,76 @@ async fn wait_for_shutdown(
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("a task of the agent panicked: {e}")),
         },
+    }
+}
+
+/// Runs the flow-log exporters of `path` (option flowLogsConfig): applies the
+/// file now and on every change, logs what each apply refused, copies the
+/// exporters' counters into metrics every second, stops them on shutdown.
+async fn run_exporters(
+    path: std::path::PathBuf,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let set = weir_export::ExporterSet::new(shared.store.clone(), &shared.node_name);
+    let mut watcher = set
+        .watch(&path)
+        .with_context(|| format!("option flowLogsConfig: watching {}", path.display()))?;
+    let report = |r: &weir_export::ApplyReport| {
+        if let Some(e) = &r.file_error {
+            shared.metrics.flow_export_config_errors.inc();
+            warn!(file = %path.display(), error = %e, "flow-log exporters file refused; previous exporters keep running");
+        }
+        for refused in &r.refused {
+            shared.metrics.flow_export_config_errors.inc();
+            warn!(
+                file = %path.display(),
+                error = %refused.error,
+                kept_previous = refused.kept_previous,
+                "flow-log exporter refused; the others keep running"
+            );
+        }
+        if !r.started.is_empty() || !r.restarted.is_empty() || !r.stopped.is_empty() {
+            info!(
+                started = ?r.started,
+                restarted = ?r.restarted,
+                stopped = ?r.stopped,
+                "flow-log exporters applied"
+            );
+        }
+    };
+    if let Some(r) = watcher.last_report() {
+        report(&r);
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = watcher.next_report() => match r {
+                Some(r) => report(&r),
+                None => return Ok(()),
+            },
+            _ = tick.tick() => {
+                for st in set.status() {
+                    shared.metrics.set_exporter(
+                        &st.name,
+                        weir_flows::metrics::ExporterCounters {
+                            lines_written: st.lines_written,
+                            write_errors: st.write_errors,
+                            rotations: st.rotations,
+                            filtered_out: st.filtered_out,
+                            queue_dropped: st.queue_dropped,
+                        },
+                        matches!(st.state, weir_export::ExporterState::Running),
+                    );
+                }
+            }
+            _ = stop.changed() => {
+                drop(watcher);
+                set.stop_all().await;
+                return Ok(());
+            }
+        }
     }
 }
 

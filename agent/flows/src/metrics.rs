@@ -178,6 +178,22 @@ pub struct Metrics {
     pub flow_api_flows_sent: IntCounter,
     flow_api_requests: IntCounterVec,
     flow_api_refused: IntCounterVec,
+
+    flow_export: [IntCounterVec; 5],
+    flow_export_last: Mutex<HashMap<(usize, String), CumulativeCounter>>,
+    flow_export_up: IntGaugeVec,
+    /// weir_flow_export_config_errors_total
+    pub flow_export_config_errors: IntCounter,
+}
+
+/// Counters of one flow-log exporter, as `set_exporter` takes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExporterCounters {
+    pub lines_written: u64,
+    pub write_errors: u64,
+    pub rotations: u64,
+    pub filtered_out: u64,
+    pub queue_dropped: u64,
 }
 
 impl Metrics {
@@ -250,7 +266,50 @@ impl Metrics {
             name: "weir_flow_api_flows_sent_total",
             source,
         })?;
+        let export_vec = |name: &'static str, help: &str| counter_vec(r, name, help, &["exporter"]);
+        let flow_export = [
+            export_vec(
+                "weir_flow_export_lines_total",
+                "Lines written by a flow-log exporter.",
+            )?,
+            export_vec(
+                "weir_flow_export_write_errors_total",
+                "Failed opens, writes or renames of a flow-log exporter.",
+            )?,
+            export_vec(
+                "weir_flow_export_rotations_total",
+                "File rotations of a flow-log exporter.",
+            )?,
+            export_vec(
+                "weir_flow_export_filtered_total",
+                "Flows a flow-log exporter's include/exclude filters kept out.",
+            )?,
+            export_vec(
+                "weir_flow_export_dropped_total",
+                "Flows dropped because a flow-log exporter's queue was full.",
+            )?,
+        ];
         Ok(Self {
+            flow_export,
+            flow_export_last: Mutex::new(HashMap::new()),
+            flow_export_up: gauge_vec(
+                r,
+                "weir_flow_export_up",
+                "1 while a flow-log exporter runs, 0 when it ended or failed.",
+                &["exporter"],
+            )?,
+            flow_export_config_errors: register(
+                r,
+                "weir_flow_export_config_errors_total",
+                IntCounter::new(
+                    "weir_flow_export_config_errors_total",
+                    "Flow-log exporter entries (or whole files) refused on (re)load.",
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "weir_flow_export_config_errors_total",
+                    source,
+                })?,
+            )?,
             flow_api_enabled: gauge(
                 r,
                 "weir_flow_api_enabled",
@@ -501,6 +560,31 @@ impl Metrics {
         for r in reasons {
             let _ = self.flow_api_refused.with_label_values(&[*r]);
         }
+    }
+
+    /// Copies one flow-log exporter's cumulative counters and state.
+    pub fn set_exporter(&self, name: &str, c: ExporterCounters, up: bool) {
+        let totals = [
+            c.lines_written,
+            c.write_errors,
+            c.rotations,
+            c.filtered_out,
+            c.queue_dropped,
+        ];
+        let mut last = self
+            .flow_export_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (i, total) in totals.into_iter().enumerate() {
+            last.entry((i, name.to_owned()))
+                .or_insert_with(|| {
+                    CumulativeCounter::new(self.flow_export[i].with_label_values(&[name]))
+                })
+                .set_total(total);
+        }
+        self.flow_export_up
+            .with_label_values(&[name])
+            .set(i64::from(up));
     }
 
     /// Sets `weir_state_objects{kind}`.
