@@ -98,6 +98,7 @@ pub struct Config {
     pub flow_logs_config: Option<PathBuf>,
     pub flows: FlowsConfig,
     pub flow_api: FlowApiConfig,
+    pub otel: OtelSection,
     pub datapath: DatapathConfig,
     pub log: LogConfig,
 }
@@ -370,6 +371,88 @@ impl FlowApiConfig {
     }
 }
 
+/// `otel:` section: OpenTelemetry (OTLP) export of flows as log records and
+/// of the agent's metrics. Off unless `endpoint` is set.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtelSection {
+    /// `http://host:port` of an OTLP receiver (collector); empty: off. Default: off.
+    pub endpoint: String,
+    /// `grpc` (default) or `http/protobuf`.
+    pub protocol: String,
+    /// Export flows as log records. Default: true.
+    pub flows: bool,
+    /// Export the agent's metrics. Default: true.
+    pub metrics: bool,
+    /// How often metrics are sent. Default: 30s.
+    pub metrics_interval: String,
+    /// Log records per request. Default: 512.
+    pub batch_size: usize,
+    /// Longest a record waits for its batch. Default: 1s.
+    pub batch_delay: String,
+    /// Flows queued for the exporter; beyond it they are dropped and counted. Default: 8192.
+    pub queue: usize,
+    /// Deadline of one request. Default: 10s.
+    pub timeout: String,
+    /// Extra request headers (e.g. an API key).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// How long a batch is retried before it is dropped and counted. Default: 60s.
+    pub max_retry_elapsed: String,
+}
+
+impl Default for OtelSection {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: "grpc".into(),
+            flows: true,
+            metrics: true,
+            metrics_interval: "30s".into(),
+            batch_size: 512,
+            batch_delay: "1s".into(),
+            queue: 8192,
+            timeout: "10s".into(),
+            headers: Default::default(),
+            max_retry_elapsed: "60s".into(),
+        }
+    }
+}
+
+impl OtelSection {
+    fn validate(&self) -> Result<Option<weir_otel::OtelConfig>, ConfigError> {
+        if self.endpoint.is_empty() {
+            return Ok(None);
+        }
+        let dur =
+            |v: &str, option: &str| parse_duration(v).map_err(|m| ConfigError::invalid(option, m));
+        let cfg = weir_otel::OtelConfig {
+            endpoint: self.endpoint.clone(),
+            protocol: self.protocol.parse().map_err(|e: weir_otel::ConfigError| {
+                ConfigError::invalid("otel.protocol", e.to_string())
+            })?,
+            flows: self.flows,
+            metrics: self.metrics,
+            metrics_interval: dur(&self.metrics_interval, "otel.metricsInterval")?,
+            batch_size: self.batch_size,
+            batch_delay: dur(&self.batch_delay, "otel.batchDelay")?,
+            queue: self.queue,
+            timeout: dur(&self.timeout, "otel.timeout")?,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            max_retry_elapsed: dur(&self.max_retry_elapsed, "otel.maxRetryElapsed")?,
+        };
+        // The crate's messages start with the option's name already.
+        cfg.validate().map_err(|e| ConfigError::Invalid {
+            option: "otel".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(cfg))
+    }
+}
+
 /// `datapath:` section.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -406,6 +489,7 @@ impl Default for Config {
             flow_logs_config: None,
             flows: FlowsConfig::default(),
             flow_api: FlowApiConfig::default(),
+            otel: OtelSection::default(),
             datapath: DatapathConfig::default(),
             log: LogConfig::default(),
         }
@@ -478,6 +562,8 @@ pub struct Validated {
     pub flow_log: FlowLogOutput,
     pub report_interval: Duration,
     pub flow_api: FlowApiSettings,
+    /// OTLP export, when configured.
+    pub otel: Option<weir_otel::OtelConfig>,
     /// Hubble metric families, parsed.
     pub hubble_metrics: Vec<weir_flows::hubble_metrics::MetricSpec>,
 }
@@ -586,6 +672,7 @@ impl Config {
             return Err(ConfigError::invalid("manifests", "must not be empty"));
         }
         let flow_api = self.flow_api.validate(&node_name)?;
+        let otel = self.otel.validate()?;
         let hubble_metrics = match &self.metrics.flows {
             None => weir_flows::hubble_metrics::default_specs(),
             Some(entries) => weir_flows::hubble_metrics::parse(entries)
@@ -598,6 +685,7 @@ impl Config {
             ));
         }
         Ok(Validated {
+            otel,
             hubble_metrics,
             flow_api,
             node_name,
@@ -716,6 +804,18 @@ mod tests {
                 "metrics.flows",
             ),
             ("metrics: {seriesLimit: 0}", "metrics.seriesLimit"),
+            (
+                "otel: {endpoint: \"http://127.0.0.1:4317\", protocol: udp}",
+                "otel.protocol",
+            ),
+            (
+                "otel: {endpoint: \"https://collector:4317\"}",
+                "otel.endpoint",
+            ),
+            (
+                "otel: {endpoint: \"http://127.0.0.1:4317\", batchDelay: soon}",
+                "otel.batchDelay",
+            ),
             ("flowApi: {socketMode: \"0999\"}", "flowApi.socketMode"),
             ("flowApi: {socketMode: \"0666\"}", "flowApi.socketMode"),
             ("flowApi: {address: \"0.0.0.0:4244\"}", "flowApi.address"),

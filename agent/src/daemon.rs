@@ -286,6 +286,13 @@ async fn run_async(
     metrics_listener: Option<std::net::TcpListener>,
     home: Option<crate::netns::HomeNetns>,
 ) -> anyhow::Result<()> {
+    let otel_home = match &home {
+        Some(h) => Some(
+            h.try_clone()
+                .context("duplicating the network namespace handle")?,
+        ),
+        None => None,
+    };
     let c = &cfg.config;
     let opts = DatapathOptions {
         report_interval: cfg.report_interval,
@@ -441,6 +448,27 @@ async fn run_async(
         }
     }
 
+    if let Some(otel) = cfg.otel.clone() {
+        let sub = otel
+            .flows
+            .then(|| shared.store.subscribe("otel", otel.queue));
+        let registry = otel.metrics.then(|| shared.metrics.registry().clone());
+        let done = spawn_otel(
+            otel,
+            cfg.node_name.clone(),
+            sub,
+            registry,
+            shared.metrics.clone(),
+            otel_home,
+            shutdown_rx.clone(),
+        )
+        .await?;
+        tasks.spawn(async move {
+            done.await
+                .map_err(|_| anyhow::anyhow!("the OTLP exporter thread ended abruptly"))?
+        });
+    }
+
     if let Some(path) = c.flow_logs_config.clone() {
         tasks.spawn(run_exporters(path, shared.clone(), shutdown_rx.clone()));
     }
@@ -500,6 +528,79 @@ async fn wait_for_shutdown(
             Err(e) => Err(anyhow::anyhow!("a task of the agent panicked: {e}")),
         },
     }
+}
+
+/// Starts the OTLP exporter on a thread of its own with its own runtime, in
+/// the agent's home network namespace when the datapath runs in another
+/// (`--netns`): the exporter's outbound connections must leave from where
+/// the collector is reachable, as the metrics listener is bound there.
+/// Returns once the exporter started (or failed to: a config error stops
+/// the agent); the receiver ends with the exporter, after its final flush.
+async fn spawn_otel(
+    otel: weir_otel::OtelConfig,
+    node_name: String,
+    sub: Option<weir_flows::store::Subscription>,
+    registry: Option<prometheus::Registry>,
+    metrics: Arc<Metrics>,
+    home: Option<crate::netns::HomeNetns>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("weir-otel".into())
+        .spawn(move || {
+            let run = || -> anyhow::Result<tokio::runtime::Runtime> {
+                if let Some(h) = &home {
+                    h.enter().context("entering the agent's own network namespace")?;
+                }
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("weir-otel")
+                    .build()
+                    .context("building the OTLP exporter's runtime")
+            };
+            let rt = match run() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            let result = rt.block_on(async move {
+                let handle = match weir_otel::start(&otel, &node_name, sub, registry) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(anyhow::Error::new(e).context("option otel")));
+                        return Ok(());
+                    }
+                };
+                info!(endpoint = %otel.endpoint, protocol = otel.protocol.as_str(), "exporting over OTLP");
+                let _ = started_tx.send(Ok(()));
+                let copy = |st: &weir_otel::OtelStats| {
+                    for (signal, s) in [("logs", &st.logs), ("metrics", &st.metrics)] {
+                        metrics.set_otel(signal, s.exported, &s.dropped_by_reason());
+                    }
+                };
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => copy(&handle.stats()),
+                        _ = stop.changed() => {
+                            let last = handle.shutdown(Duration::from_secs(5)).await;
+                            copy(&last);
+                            return Ok(());
+                        }
+                    }
+                }
+            });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the OTLP exporter thread")?;
+    started_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the OTLP exporter thread ended before starting"))??;
+    Ok(done_rx)
 }
 
 /// Runs the flow-log exporters of `path` (option flowLogsConfig): applies the

@@ -72,6 +72,20 @@ impl HomeNetns {
         })
     }
 
+    /// Another handle on the same namespace.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+        })
+    }
+
+    /// Moves the calling thread into this namespace (threads it creates
+    /// afterwards inherit it).
+    pub fn enter(&self) -> std::io::Result<()> {
+        nix::sched::setns(&self.file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)
+    }
+
     /// Binds a TCP listener in this namespace. setns(2) moves only the
     /// calling thread, so a short-lived thread does it and the listener (a
     /// file descriptor, valid in any namespace) comes back.

@@ -180,21 +180,33 @@ fn setup() -> Result<()> {
 }
 
 /// The Python environment of the compatibility tests: a venv in
-/// target/pyenv with grpcio and grpcio-tools from PyPI, so a client generated
-/// from the upstream Hubble protos can talk to the agent.
+/// target/pyenv with grpcio, grpcio-tools and opentelemetry-proto from PyPI,
+/// so a client generated from the upstream Hubble protos can talk to the
+/// agent and an OTLP receiver built from the official protos can check what
+/// the agent exports.
 fn python_env() -> Result<()> {
-    let req = root().join("integration/hubble-compat/python/requirements.txt");
+    let reqs = [
+        root().join("integration/hubble-compat/python/requirements.txt"),
+        root().join("agent/otel/tests/receiver/requirements.txt"),
+    ];
     let venv = target_dir().join("pyenv");
     let stamp = venv.join("weir-requirements.txt");
-    let wanted =
-        std::fs::read_to_string(&req).with_context(|| format!("reading {}", req.display()))?;
+    let mut wanted = String::new();
+    for req in &reqs {
+        wanted.push_str(
+            &std::fs::read_to_string(req).with_context(|| format!("reading {}", req.display()))?,
+        );
+    }
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(());
     }
     if !have("python3") {
         bail!("python3 is missing: install it (Debian: apt-get install -y python3 python3-venv)");
     }
-    eprintln!("xtask: creating {} (grpcio, grpcio-tools)", venv.display());
+    eprintln!(
+        "xtask: creating {} (grpcio, grpcio-tools, opentelemetry-proto)",
+        venv.display()
+    );
     let created = Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(&venv)
@@ -217,9 +229,12 @@ fn python_env() -> Result<()> {
             .args(["-m", "venv", "--clear"])
             .arg(&venv))?;
     }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", "-r"])
-        .arg(&req))?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "-q", "--disable-pip-version-check"]);
+    for req in &reqs {
+        pip.arg("-r").arg(req);
+    }
+    run(&mut pip)?;
     std::fs::write(&stamp, wanted).context("writing the venv stamp")?;
     Ok(())
 }

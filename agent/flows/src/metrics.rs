@@ -184,6 +184,10 @@ pub struct Metrics {
     flow_export_up: IntGaugeVec,
     /// weir_flow_export_config_errors_total
     pub flow_export_config_errors: IntCounter,
+
+    otel_exported: IntCounterVec,
+    otel_dropped: IntCounterVec,
+    otel_last: Mutex<HashMap<(String, String), CumulativeCounter>>,
 }
 
 /// Counters of one flow-log exporter, as `set_exporter` takes them.
@@ -290,6 +294,19 @@ impl Metrics {
             )?,
         ];
         Ok(Self {
+            otel_exported: counter_vec(
+                r,
+                "weir_otel_records_exported_total",
+                "Records (flow log records, metric data points) accepted by the OTLP receiver.",
+                &["signal"],
+            )?,
+            otel_dropped: counter_vec(
+                r,
+                "weir_otel_records_dropped_total",
+                "Records the OTLP exporter dropped, by reason (queue_full, retry_exhausted, rejected, shutdown).",
+                &["signal", "reason"],
+            )?,
+            otel_last: Mutex::new(HashMap::new()),
             flow_export,
             flow_export_last: Mutex::new(HashMap::new()),
             flow_export_up: gauge_vec(
@@ -559,6 +576,23 @@ impl Metrics {
     pub fn flow_api_refused_reasons(&self, reasons: &[&str]) {
         for r in reasons {
             let _ = self.flow_api_refused.with_label_values(&[*r]);
+        }
+    }
+
+    /// Copies the OTLP exporter's cumulative counters of one signal.
+    pub fn set_otel(&self, signal: &str, exported: u64, dropped: &[(&str, u64)]) {
+        let mut last = self.otel_last.lock().unwrap_or_else(|e| e.into_inner());
+        last.entry((signal.to_owned(), String::new()))
+            .or_insert_with(|| {
+                CumulativeCounter::new(self.otel_exported.with_label_values(&[signal]))
+            })
+            .set_total(exported);
+        for (reason, n) in dropped {
+            last.entry((signal.to_owned(), (*reason).to_owned()))
+                .or_insert_with(|| {
+                    CumulativeCounter::new(self.otel_dropped.with_label_values(&[signal, reason]))
+                })
+                .set_total(*n);
         }
     }
 
