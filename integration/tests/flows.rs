@@ -240,6 +240,68 @@ async fn flow_log_and_metrics_describe_real_traffic() {
             "{proto} flows in /metrics vs the flow log"
         );
     }
+    // The Hubble-compatible families (the default set) by value, against the
+    // same flow log.
+    let logged = flows_only(&flows_now);
+    let count_if = |pred: &dyn Fn(&Value) -> bool| logged.iter().filter(|f| pred(f)).count() as f64;
+    for proto in ["TCP", "UDP"] {
+        assert_eq!(
+            sum(
+                &m,
+                "hubble_flows_processed_total",
+                &[
+                    &format!("protocol=\"{proto}\""),
+                    "type=\"Trace\"",
+                    "verdict=\"FORWARDED\""
+                ]
+            ),
+            count(proto),
+            "hubble_flows_processed_total{{protocol={proto}}} vs the flow log"
+        );
+    }
+    let flag = |f: &Value, name: &str| f["l4"]["TCP"]["flags"][name] == true;
+    assert_eq!(
+        sum(&m, "hubble_tcp_flags_total", &["flag=\"SYN\""]),
+        count_if(&|f| flag(f, "SYN") && !flag(f, "ACK")),
+        "SYN flows"
+    );
+    assert_eq!(
+        sum(&m, "hubble_tcp_flags_total", &["flag=\"SYN-ACK\""]),
+        count_if(&|f| flag(f, "SYN") && flag(f, "ACK")),
+        "SYN-ACK flows"
+    );
+    assert_eq!(
+        sum(&m, "hubble_tcp_flags_total", &["flag=\"FIN\""]),
+        count_if(&|f| flag(f, "FIN")),
+        "FIN flows"
+    );
+    assert!(sum(&m, "hubble_tcp_flags_total", &["flag=\"SYN\""]) >= 4.0);
+    assert_eq!(
+        sum(
+            &m,
+            "hubble_port_distribution_total",
+            &["port=\"80\"", "protocol=\"TCP\""]
+        ),
+        count_if(&|f| f["l4"]["TCP"]["destination_port"] == 80 && f["is_reply"] == false),
+        "requests to port 80"
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "hubble_port_distribution_total",
+            &["port=\"53\"", "protocol=\"UDP\""]
+        ),
+        count_if(&|f| f["l4"]["UDP"]["destination_port"] == 53 && f["is_reply"] == false),
+        "requests to port 53"
+    );
+    assert!(
+        sum(
+            &m,
+            "hubble_icmp_total",
+            &["family=\"IPv4\"", "type=\"EchoRequest\""]
+        ) >= 2.0,
+        "echo requests seen leaving and arriving"
+    );
     assert!(
         sum(
             &m,
