@@ -6,9 +6,12 @@
 //! details, notes). Exit status: 0 every target met, 2 a target missed, 1 a
 //! figure could not be measured, 130 interrupted (everything made is removed
 //! first). The privileged figures need root; the bench's own namespaces are
-//! `wbench-<pid>-*`, the labs' `weirlab-*`.
+//! `wbench-<pid>-*`, the labs' `weirlab-*`; the flow API figures' sockets
+//! live in temporary directories `wbench-api-*`.
 
 mod decode;
+mod flowapi;
+mod flowapi_slow;
 mod lost;
 mod pps;
 mod proc;
@@ -58,6 +61,12 @@ enum Command {
     LostEvents(LostArgs),
     /// Agent RSS idle with 1 000 endpoints vs 0 (target <= 50 MiB).
     AgentRss(RssArgs),
+    /// GetFlows p99 with a selective filter over a full 65 535-flow ring (target <= 20 ms).
+    FlowApiQuery(QueryArgs),
+    /// One follow client at 100k flows/s (target: all received, none lost).
+    FlowApiFollow(FollowArgs),
+    /// Agent event rate with 10 slow flow API clients vs none (target ratio >= 0.95).
+    FlowApiSlowClients(SlowArgs),
     /// Every figure, in turn.
     All(AllArgs),
 }
@@ -122,6 +131,48 @@ struct RssArgs {
 }
 
 #[derive(Args, Debug)]
+struct QueryArgs {
+    /// Timed queries per form (all matches, last 20) and per ring.
+    #[arg(long, default_value_t = 300)]
+    queries: usize,
+    /// Flows in the full ring.
+    #[arg(long, default_value_t = 65_535)]
+    ring: usize,
+}
+
+#[derive(Args, Debug)]
+struct FollowArgs {
+    /// Flows per second of the paced phases.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Seconds of each paced phase.
+    #[arg(long, default_value_t = 5.0)]
+    paced: f64,
+    /// Seconds of each flat-out phase.
+    #[arg(long, default_value_t = 3.0)]
+    flat_out: f64,
+}
+
+#[derive(Args, Debug)]
+struct SlowArgs {
+    /// Events per second to aim for (two per packet).
+    #[arg(long, default_value_t = 400_000)]
+    events_per_s: u64,
+    /// Seconds each flood runs.
+    #[arg(long, default_value_t = 8.0)]
+    window: f64,
+    /// Slow clients attached in the second flood.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Of those, how many read one message per second (the others never read).
+    #[arg(long, default_value_t = 5)]
+    readers: usize,
+    /// Sender threads sharing the rate.
+    #[arg(long, default_value_t = 2)]
+    senders: usize,
+}
+
+#[derive(Args, Debug)]
 struct AllArgs {
     /// How agent-rss creates its endpoints.
     #[arg(long, value_enum, default_value_t = rss::Via::Cni)]
@@ -156,6 +207,9 @@ enum Figure {
     Decode(decode::Options),
     Lost(lost::Options),
     Rss(rss::Options),
+    ApiQuery(flowapi::QueryOptions),
+    ApiFollow(flowapi::FollowOptions),
+    ApiSlow(flowapi_slow::Options),
 }
 
 impl Figure {
@@ -165,11 +219,18 @@ impl Figure {
             Figure::Decode(_) => "decode",
             Figure::Lost(_) => "lost-events",
             Figure::Rss(_) => "agent-rss",
+            Figure::ApiQuery(_) => "flow-api-query",
+            Figure::ApiFollow(_) => "flow-api-follow",
+            Figure::ApiSlow(_) => "flow-api-slow-clients",
         }
     }
 
     async fn run(&self, bins: &Binaries) -> Result<Report> {
-        if !matches!(self, Figure::Decode(_)) && !weir_integration::is_root() {
+        let unprivileged = matches!(
+            self,
+            Figure::Decode(_) | Figure::ApiQuery(_) | Figure::ApiFollow(_)
+        );
+        if !unprivileged && !weir_integration::is_root() {
             bail!(
                 "{} needs root (network namespaces, BPF); run it as root",
                 self.name()
@@ -190,6 +251,12 @@ impl Figure {
             Figure::Rss(o) => {
                 bins.check()?;
                 rss::run(o, bins).await
+            }
+            Figure::ApiQuery(o) => flowapi::run_query(o).await,
+            Figure::ApiFollow(o) => flowapi::run_follow(o).await,
+            Figure::ApiSlow(o) => {
+                bins.check()?;
+                flowapi_slow::run(o, bins).await
             }
         }
     }
@@ -229,6 +296,23 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
             idle: secs(a.idle, "--idle")?,
             ..rss::Options::default()
         })],
+        Command::FlowApiQuery(a) => vec![Figure::ApiQuery(flowapi::QueryOptions {
+            queries: a.queries.clamp(1, 100_000),
+            ring: a.ring,
+        })],
+        Command::FlowApiFollow(a) => vec![Figure::ApiFollow(flowapi::FollowOptions {
+            rate: a.rate,
+            paced: secs(a.paced, "--paced")?,
+            flat_out: secs(a.flat_out, "--flat-out")?,
+        })],
+        Command::FlowApiSlowClients(a) => vec![Figure::ApiSlow(flowapi_slow::Options {
+            events_per_s: a.events_per_s,
+            window: secs(a.window, "--window")?,
+            clients: a.clients.clamp(1, 100),
+            readers: a.readers,
+            senders: a.senders.clamp(1, 8),
+            ..flowapi_slow::Options::default()
+        })],
         Command::All(a) => vec![
             Figure::Decode(decode::Options::default()),
             Figure::Pps(pps::Options::default()),
@@ -237,6 +321,9 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
                 via: a.rss_via,
                 ..rss::Options::default()
             }),
+            Figure::ApiQuery(flowapi::QueryOptions::default()),
+            Figure::ApiFollow(flowapi::FollowOptions::default()),
+            Figure::ApiSlow(flowapi_slow::Options::default()),
         ],
     })
 }
@@ -325,10 +412,10 @@ async fn run_all(figures: Vec<Figure>, bins: Binaries, json_out: Option<PathBuf>
         for (name, r) in &summary {
             match r {
                 Ok((pass, ratio)) => println!(
-                    "  {name:<14} {}  ratio {ratio:.4}",
+                    "  {name:<21} {}  ratio {ratio:.4}",
                     if *pass { "PASS" } else { "MISS" }
                 ),
-                Err(e) => println!("  {name:<14} ERROR {e}"),
+                Err(e) => println!("  {name:<21} ERROR {e}"),
             }
         }
     }
