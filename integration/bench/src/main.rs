@@ -10,9 +10,11 @@
 //! live in temporary directories `wbench-api-*`.
 
 mod decode;
+mod exporters;
 mod flowapi;
 mod flowapi_slow;
 mod lost;
+mod metrics5;
 mod pps;
 mod proc;
 mod prom;
@@ -67,6 +69,12 @@ enum Command {
     FlowApiFollow(FollowArgs),
     /// Agent event rate with 10 slow flow API clients vs none (target ratio >= 0.95).
     FlowApiSlowClients(SlowArgs),
+    /// GET /metrics time at 10 000 series vs ~100 (target p99 <= 5 ms).
+    MetricsScrape(ScrapeArgs),
+    /// Metric updates per flow event, weir_* + Hubble default set (target <= 100 ns).
+    MetricsUpdate(UpdateArgs),
+    /// Flow exporters (file, OTLP gRPC, OTLP HTTP) at 100k flows/s and flat out (target: keep up, or drop and count).
+    ExportThroughput(ExportArgs),
     /// Every figure, in turn.
     All(AllArgs),
 }
@@ -173,6 +181,39 @@ struct SlowArgs {
 }
 
 #[derive(Args, Debug)]
+struct ScrapeArgs {
+    /// Series to grow the large registry to.
+    #[arg(long, default_value_t = 10_000)]
+    series: usize,
+    /// Timed scrapes per registry size.
+    #[arg(long, default_value_t = 300)]
+    scrapes: usize,
+}
+
+#[derive(Args, Debug)]
+struct UpdateArgs {
+    /// Flow events per timed run.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Timed runs per loop.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Offered flows/s of the paced runs.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Flows per paced run.
+    #[arg(long, default_value_t = 300_000)]
+    flows: u64,
+    /// Flows per flat-out run.
+    #[arg(long, default_value_t = 2_000_000)]
+    flat_out_flows: u64,
+}
+
+#[derive(Args, Debug)]
 struct AllArgs {
     /// How agent-rss creates its endpoints.
     #[arg(long, value_enum, default_value_t = rss::Via::Cni)]
@@ -210,6 +251,9 @@ enum Figure {
     ApiQuery(flowapi::QueryOptions),
     ApiFollow(flowapi::FollowOptions),
     ApiSlow(flowapi_slow::Options),
+    MetricsScrape(metrics5::ScrapeOptions),
+    MetricsUpdate(metrics5::UpdateOptions),
+    Export(exporters::Options),
 }
 
 impl Figure {
@@ -222,13 +266,21 @@ impl Figure {
             Figure::ApiQuery(_) => "flow-api-query",
             Figure::ApiFollow(_) => "flow-api-follow",
             Figure::ApiSlow(_) => "flow-api-slow-clients",
+            Figure::MetricsScrape(_) => "metrics-scrape",
+            Figure::MetricsUpdate(_) => "metrics-update",
+            Figure::Export(_) => "export-throughput",
         }
     }
 
     async fn run(&self, bins: &Binaries) -> Result<Report> {
         let unprivileged = matches!(
             self,
-            Figure::Decode(_) | Figure::ApiQuery(_) | Figure::ApiFollow(_)
+            Figure::Decode(_)
+                | Figure::ApiQuery(_)
+                | Figure::ApiFollow(_)
+                | Figure::MetricsScrape(_)
+                | Figure::MetricsUpdate(_)
+                | Figure::Export(_)
         );
         if !unprivileged && !weir_integration::is_root() {
             bail!(
@@ -258,8 +310,19 @@ impl Figure {
                 bins.check()?;
                 flowapi_slow::run(o, bins).await
             }
+            // Each runs its own thread (and, where needed, its own runtime).
+            Figure::MetricsScrape(o) => blocking(o.clone(), metrics5::run_scrape).await,
+            Figure::MetricsUpdate(o) => blocking(o.clone(), metrics5::run_update).await,
+            Figure::Export(o) => blocking(o.clone(), exporters::run).await,
         }
     }
+}
+
+/// Runs a synchronous figure off the async runtime.
+async fn blocking<O: Send + 'static>(o: O, f: fn(&O) -> Result<Report>) -> Result<Report> {
+    tokio::task::spawn_blocking(move || f(&o))
+        .await
+        .context("the figure's thread panicked")?
 }
 
 fn secs(s: f64, what: &str) -> Result<Duration> {
@@ -313,6 +376,20 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
             senders: a.senders.clamp(1, 8),
             ..flowapi_slow::Options::default()
         })],
+        Command::MetricsScrape(a) => vec![Figure::MetricsScrape(metrics5::ScrapeOptions {
+            series: a.series,
+            scrapes: a.scrapes.clamp(1, 10_000),
+        })],
+        Command::MetricsUpdate(a) => vec![Figure::MetricsUpdate(metrics5::UpdateOptions {
+            events: a.events.clamp(10_000, 100_000_000),
+            reps: a.reps.clamp(1, 20),
+        })],
+        Command::ExportThroughput(a) => vec![Figure::Export(exporters::Options {
+            rate: a.rate,
+            flows: a.flows,
+            flat_out_flows: a.flat_out_flows,
+            ..exporters::Options::default()
+        })],
         Command::All(a) => vec![
             Figure::Decode(decode::Options::default()),
             Figure::Pps(pps::Options::default()),
@@ -324,6 +401,9 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
             Figure::ApiQuery(flowapi::QueryOptions::default()),
             Figure::ApiFollow(flowapi::FollowOptions::default()),
             Figure::ApiSlow(flowapi_slow::Options::default()),
+            Figure::MetricsScrape(metrics5::ScrapeOptions::default()),
+            Figure::MetricsUpdate(metrics5::UpdateOptions::default()),
+            Figure::Export(exporters::Options::default()),
         ],
     })
 }
