@@ -39,7 +39,9 @@ pub struct Shared {
     pub store: FlowStore,
     pub metrics: Arc<Metrics>,
     /// Hubble-compatible flow metric families (option metrics.flows).
-    hubble_metrics: weir_flows::hubble_metrics::HubbleMetrics,
+    hubble_metrics: Arc<weir_flows::hubble_metrics::HubbleMetrics>,
+    /// The registry of the Hubble families (for OTLP).
+    hubble_registry: prometheus::Registry,
     ready: AtomicBool,
     kernel_lost: AtomicU64,
     metrics_addr: String,
@@ -320,12 +322,22 @@ async fn run_async(
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     metrics.set_datapath_info(attach_mode, &kernel);
-    let hubble_metrics = weir_flows::hubble_metrics::HubbleMetrics::new(
-        metrics.registry(),
-        &cfg.hubble_metrics,
-        c.metrics.series_limit,
-    )
-    .context("option metrics.flows")?;
+    // The Hubble families live in a registry of their own and reach /metrics
+    // through pre-rendered series lines (see HubbleMetrics::new_split).
+    let hubble_registry = prometheus::Registry::new();
+    let hubble_metrics = Arc::new(
+        weir_flows::hubble_metrics::HubbleMetrics::new_split(
+            metrics.registry(),
+            &hubble_registry,
+            &cfg.hubble_metrics,
+            c.metrics.series_limit,
+        )
+        .context("option metrics.flows")?,
+    );
+    {
+        let h = hubble_metrics.clone();
+        metrics.set_text_source(Box::new(move |out| h.render_text(out)));
+    }
     if datapath.attach_mode() == weir_datapath::AttachMode::ClsAct {
         warn!(
             kernel = %kernel,
@@ -374,6 +386,7 @@ async fn run_async(
             store,
             metrics,
             hubble_metrics,
+            hubble_registry,
             ready: AtomicBool::new(false),
             kernel_lost: AtomicU64::new(0),
             metrics_addr,
@@ -452,7 +465,12 @@ async fn run_async(
         let sub = otel
             .flows
             .then(|| shared.store.subscribe("otel", otel.queue));
-        let registry = otel.metrics.then(|| shared.metrics.registry().clone());
+        let registry = otel.metrics.then(|| {
+            vec![
+                shared.metrics.registry().clone(),
+                shared.hubble_registry.clone(),
+            ]
+        });
         let done = spawn_otel(
             otel,
             cfg.node_name.clone(),
@@ -540,7 +558,7 @@ async fn spawn_otel(
     otel: weir_otel::OtelConfig,
     node_name: String,
     sub: Option<weir_flows::store::Subscription>,
-    registry: Option<prometheus::Registry>,
+    registry: Option<Vec<prometheus::Registry>>,
     metrics: Arc<Metrics>,
     home: Option<crate::netns::HomeNetns>,
     mut stop: watch::Receiver<bool>,
@@ -568,7 +586,12 @@ async fn spawn_otel(
                 }
             };
             let result = rt.block_on(async move {
-                let handle = match weir_otel::start(&otel, &node_name, sub, registry) {
+                let handle = match weir_otel::start_with_registries(
+                    &otel,
+                    &node_name,
+                    sub,
+                    registry.unwrap_or_default(),
+                ) {
                     Ok(h) => h,
                     Err(e) => {
                         let _ = started_tx.send(Err(anyhow::Error::new(e).context("option otel")));

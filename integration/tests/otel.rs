@@ -184,13 +184,17 @@ async fn run(protocol: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let got = received(&out);
+        // Weir's own families and the Hubble families (kept in a registry of
+        // their own) arrive together.
         let has = got.iter().filter(|r| r["signal"] == "metrics").any(|req| {
             req["metrics"].as_array().is_some_and(|ms| {
-                ms.iter().any(|m| {
-                    m["name"] == "weir_flows_processed_total"
-                        && m["type"] == "sum"
-                        && m["is_monotonic"] == true
-                })
+                ["weir_flows_processed_total", "hubble_flows_processed_total"]
+                    .iter()
+                    .all(|name| {
+                        ms.iter().any(|m| {
+                            m["name"] == *name && m["type"] == "sum" && m["is_monotonic"] == true
+                        })
+                    })
             })
         });
         if has {

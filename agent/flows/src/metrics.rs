@@ -188,6 +188,16 @@ pub struct Metrics {
     otel_exported: IntCounterVec,
     otel_dropped: IntCounterVec,
     otel_last: Mutex<HashMap<(String, String), CumulativeCounter>>,
+    text_source: OnceLock<TextSource>,
+}
+
+/// Extra text appended to the exposition (see [`Metrics::set_text_source`]).
+struct TextSource(Box<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for TextSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextSource")
+    }
 }
 
 /// Counters of one flow-log exporter, as `set_exporter` takes them.
@@ -307,6 +317,7 @@ impl Metrics {
                 &["signal", "reason"],
             )?,
             otel_last: Mutex::new(HashMap::new()),
+            text_source: OnceLock::new(),
             flow_export,
             flow_export_last: Mutex::new(HashMap::new()),
             flow_export_up: gauge_vec(
@@ -677,13 +688,24 @@ impl Metrics {
         }
     }
 
-    /// Everything in the Prometheus text exposition format.
+    /// Everything in the Prometheus text exposition format: the registry,
+    /// then what [`Metrics::set_text_source`] adds.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "encoding metrics");
         }
+        if let Some(extra) = self.text_source.get() {
+            (extra.0)(&mut out);
+        }
         out
+    }
+
+    /// Families written straight into [`Metrics::encode`]'s output, outside
+    /// the registry (the Hubble families, see
+    /// `HubbleMetrics::new_split`). Set once; later calls are ignored.
+    pub fn set_text_source(&self, source: Box<dyn Fn(&mut String) + Send + Sync>) {
+        let _ = self.text_source.set(TextSource(source));
     }
 
     /// The content type of [`Metrics::encode`]'s output.

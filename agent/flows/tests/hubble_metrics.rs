@@ -1151,3 +1151,42 @@ fn concurrent_observers_never_pass_the_cap() {
         assert_eq!(counted + dropped, 800.0, "{family}");
     }
 }
+
+/// The /metrics fast path (series lines rendered once) writes exactly what
+/// the registry's encoder writes for the same families: same HELP, TYPE,
+/// series and values (series order aside).
+#[test]
+fn rendered_text_equals_the_registry_encoding() {
+    let main = Registry::new();
+    let series = Registry::new();
+    let specs = weir_flows::hubble_metrics::parse(&[
+        "flow".to_string(),
+        "drop:labelsContext=source_namespace,source_pod;destinationContext=pod".to_string(),
+        "tcp".to_string(),
+        "port-distribution:sourceContext=namespace".to_string(),
+        "icmp".to_string(),
+        "policy".to_string(),
+        "flows-to-world:port".to_string(),
+    ])
+    .unwrap();
+    let m = HubbleMetrics::new_split(&main, &series, &specs, 10_000).unwrap();
+    for _ in 0..3 {
+        for f in weir_flows::hubble_metrics::bench::sample_flows() {
+            m.observe(&f);
+        }
+    }
+    let mut rendered = String::new();
+    m.render_text(&mut rendered);
+    let sorted = |t: &str| {
+        let mut v: Vec<String> = t.lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    let expected = text(&series);
+    assert!(expected.lines().count() > 20, "{expected}");
+    assert_eq!(sorted(&rendered), sorted(&expected));
+    // The families are not in the main registry; the dropped counter is.
+    let main_text = text(&main);
+    assert!(!main_text.contains("# TYPE hubble_"), "{main_text}");
+    assert!(main_text.contains("weir_metrics_series_dropped_total"));
+}

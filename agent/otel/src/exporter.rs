@@ -228,6 +228,18 @@ pub fn start(
     flows: Option<Subscription>,
     registry: Option<prometheus::Registry>,
 ) -> Result<OtelHandle, OtelError> {
+    start_with_registries(cfg, node_name, flows, registry.into_iter().collect())
+}
+
+/// As [`start`], with the metrics of several registries sent together (the
+/// agent keeps the Hubble families in a registry of their own).
+pub fn start_with_registries(
+    cfg: &OtelConfig,
+    node_name: &str,
+    flows: Option<Subscription>,
+    registries: Vec<prometheus::Registry>,
+) -> Result<OtelHandle, OtelError> {
+    let registry = (!registries.is_empty()).then_some(registries);
     let endpoint = cfg.validate()?;
     tokio::runtime::Handle::try_current().map_err(OtelError::NoRuntime)?;
     let transport = Transport::new(cfg, &endpoint).map_err(OtelError::Transport)?;
@@ -534,7 +546,7 @@ where
 async fn metrics_loop(
     cfg: OtelConfig,
     transport: Transport,
-    registry: prometheus::Registry,
+    registry: Vec<prometheus::Registry>,
     resource: Arc<Resource>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<Option<Instant>>,
@@ -551,7 +563,7 @@ async fn metrics_loop(
             _ = ticker.tick() => false,
             _ = shutdown.wait_for(Option::is_some) => true,
         };
-        let families = registry.gather();
+        let families: Vec<_> = registry.iter().flat_map(|r| r.gather()).collect();
         let req = metrics_request(&resource, &families, start, unix_nanos_now());
         let n: u64 = req.resource_metrics[0].scope_metrics[0]
             .metrics

@@ -38,4 +38,6 @@ pub mod metrics;
 pub mod transport;
 
 pub use config::{ConfigError, OtelConfig, Protocol};
-pub use exporter::{DROP_REASONS, OtelError, OtelHandle, OtelStats, SignalStats, start};
+pub use exporter::{
+    DROP_REASONS, OtelError, OtelHandle, OtelStats, SignalStats, start, start_with_registries,
+};

@@ -187,6 +187,22 @@ impl HubbleMetrics {
         specs: &[MetricSpec],
         series_limit: usize,
     ) -> Result<Self, HubbleMetricsError> {
+        Self::new_split(registry, registry, specs, series_limit)
+    }
+
+    /// As [`HubbleMetrics::new`], but the families themselves go into
+    /// `series_registry` and only `weir_metrics_series_dropped_total` into
+    /// `registry`: the agent serves the families on /metrics with
+    /// [`HubbleMetrics::render_text`] (a scrape of 10 000 series through a
+    /// registry's gather costs tens of milliseconds) and gives
+    /// `series_registry` to consumers that want them as metric families
+    /// (OTLP).
+    pub fn new_split(
+        registry: &Registry,
+        series_registry: &Registry,
+        specs: &[MetricSpec],
+        series_limit: usize,
+    ) -> Result<Self, HubbleMetricsError> {
         if series_limit == 0 {
             return Err(HubbleMetricsError::ZeroSeriesLimit);
         }
@@ -260,14 +276,16 @@ impl HubbleMetrics {
                     source,
                 }
             })?;
-            registry.register(Box::new(vec.clone())).map_err(|source| {
-                HubbleMetricsError::Register {
+            series_registry
+                .register(Box::new(vec.clone()))
+                .map_err(|source| HubbleMetricsError::Register {
                     family: name,
                     source,
-                }
-            })?;
+                })?;
             let family = Family::new(
                 name,
+                help,
+                labels.clone(),
                 vec,
                 dense_len,
                 series_limit,
@@ -289,6 +307,15 @@ impl HubbleMetrics {
     /// [`DEFAULT_METRICS`] with [`DEFAULT_SERIES_LIMIT`].
     pub fn with_defaults(registry: &Registry) -> Result<Self, HubbleMetricsError> {
         Self::new(registry, &default_specs(), DEFAULT_SERIES_LIMIT)
+    }
+
+    /// Appends every family in the Prometheus text exposition format: the
+    /// same series and values as the registry's encoder gives, written from
+    /// series lines rendered once at creation.
+    pub fn render_text(&self, out: &mut String) {
+        for h in &self.handlers {
+            h.family.render(out);
+        }
     }
 
     /// The configured specs, in order.

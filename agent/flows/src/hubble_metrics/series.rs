@@ -25,6 +25,14 @@ type Page = Box<[OnceLock<IntCounter>]>;
 pub(crate) struct Family {
     /// The Prometheus family name (the `family` label of the dropped counter).
     name: &'static str,
+    help: &'static str,
+    /// Label names in the vector's order.
+    labels: Vec<&'static str>,
+    /// Every series as `name{labels}` (labels sorted by name, escaped)
+    /// with its counter, in creation order: /metrics writes these directly
+    /// instead of going through the registry's gather, which copies and
+    /// sorts every label of every series on each scrape.
+    rendered: Mutex<Vec<(Box<str>, IntCounter)>>,
     vec: IntCounterVec,
     pages: Box<[OnceLock<Page>]>,
     dense_len: u64,
@@ -44,6 +52,8 @@ thread_local! {
 impl Family {
     pub(crate) fn new(
         name: &'static str,
+        help: &'static str,
+        labels: Vec<&'static str>,
         vec: IntCounterVec,
         dense_len: u64,
         limit: usize,
@@ -54,6 +64,9 @@ impl Family {
             .collect();
         Self {
             name,
+            help,
+            labels,
+            rendered: Mutex::new(Vec::new()),
             vec,
             pages,
             dense_len,
@@ -62,6 +75,23 @@ impl Family {
             series: AtomicUsize::new(0),
             limit,
             dropped,
+        }
+    }
+
+    /// Appends this family in the Prometheus text format (nothing when it has
+    /// no series, as the registry's encoder does).
+    pub(crate) fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if rendered.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
+        let _ = writeln!(out, "# TYPE {} counter", self.name);
+        for (series, counter) in rendered.iter() {
+            out.push_str(series);
+            out.push(' ');
+            let _ = writeln!(out, "{}", counter.get());
         }
     }
 
@@ -165,6 +195,46 @@ impl Family {
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
         self.series.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(family = self.name, labels = ?refs, "new series");
-        self.vec.with_label_values(&refs)
+        let counter = self.vec.with_label_values(&refs);
+        let line = series_line(self.name, &self.labels, &refs);
+        self.rendered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((line.into_boxed_str(), counter.clone()));
+        counter
     }
+}
+
+/// `name{a="1",b="2"}` with labels sorted by name and values escaped as the
+/// text format requires (backslash, double quote, newline).
+fn series_line(name: &str, labels: &[&str], values: &[&str]) -> String {
+    let mut pairs: Vec<(&str, &str)> = labels.iter().copied().zip(values.iter().copied()).collect();
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::with_capacity(name.len() + 16 * pairs.len());
+    out.push_str(name);
+    if !pairs.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out
+}
+
+fn escape_help(h: &str) -> String {
+    h.replace('\\', "\\\\").replace('\n', "\\n")
 }
