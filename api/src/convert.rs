@@ -42,8 +42,15 @@ pub fn timestamp_from_proto(t: &prost_types::Timestamp) -> wf::Timestamp {
 /// The protobuf form of `f`: every field `weir_flows::Flow` has, plus the
 /// deprecated twins Hubble still fills (`drop_reason` as the number of
 /// `drop_reason_desc`, `reply` as `is_reply` with unknown as false).
-#[allow(deprecated)] // `drop_reason` and `reply`: old clients still read them.
 pub fn flow_to_proto(f: &weir_flows::Flow) -> pb::Flow {
+    flow_to_proto_with(f, true)
+}
+
+/// [`flow_to_proto`], with Weir's `extensions` encoded only when
+/// `extensions` is true: the API leaves them out for most clients, and
+/// encoding the `Any` costs a message encode per flow.
+#[allow(deprecated)] // `drop_reason` and `reply`: old clients still read them.
+pub fn flow_to_proto_with(f: &weir_flows::Flow, extensions: bool) -> pb::Flow {
     pb::Flow {
         time: f.time.map(timestamp_to_proto),
         uuid: uuid_string(f.uuid),
@@ -69,7 +76,11 @@ pub fn flow_to_proto(f: &weir_flows::Flow) -> pb::Flow {
             name: String::from(&*i.name),
         }),
         summary: String::from(&*f.summary),
-        extensions: f.extensions.as_ref().map(extensions_to_any),
+        extensions: f
+            .extensions
+            .as_ref()
+            .filter(|_| extensions)
+            .map(extensions_to_any),
         ..pb::Flow::default()
     }
 }

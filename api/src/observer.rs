@@ -219,10 +219,7 @@ impl Query {
     }
 
     fn response(&self, f: &Flow, node: &str) -> po::GetFlowsResponse {
-        let mut pf = convert::flow_to_proto(f);
-        if !self.extensions {
-            pf.extensions = None;
-        }
+        let mut pf = convert::flow_to_proto_with(f, self.extensions);
         if let Some(m) = &self.mask {
             m.apply(&mut pf);
         }

@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -86,50 +86,13 @@ fn hex_addr(s: &str) -> String {
 }
 
 fn weir(args: &[&str]) -> Output {
-    let bin = std::env::var_os("WEIR_LAB_WEIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| weir_integration::sibling_binary("weir"));
-    Command::new(bin).args(args).output().expect("run weir")
+    common::run_weir(args)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The flows `weir observe -o json` printed.
-fn observed(o: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .map(|v| v.get("flow").cloned().unwrap_or(v))
-        .collect()
-}
+use common::{observed_flows as observed, output_text as text};
 
 fn metric(lab: &Lab, series: &str) -> f64 {
-    let addr = lab.metrics_addr().expect("metrics on");
-    let body = http_get(addr, "/metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == series).then(|| v.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no series {series}"))
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    common::metric(lab, series).unwrap_or_else(|| panic!("no series {series}"))
 }
 
 async fn two_pod_lab(options: LabOptions) -> Lab {

@@ -14,35 +14,14 @@ use serde_json::Value;
 use weir_integration::{Lab, NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
 
 fn weir_bin() -> PathBuf {
-    std::env::var_os("WEIR_LAB_WEIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| weir_integration::sibling_binary("weir"))
+    common::binary("WEIR_LAB_WEIR", "weir")
 }
 
 fn run(args: &[String]) -> Output {
-    Command::new(weir_bin())
-        .args(args)
-        .output()
-        .expect("run weir")
+    common::run_weir(args)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn flows_of(o: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .map(|v| v.get("flow").cloned().unwrap_or(v))
-        .collect()
-}
+use common::{observed_flows as flows_of, output_text as text};
 
 fn side<'a>(f: &'a Value, s: &str) -> &'a Value {
     &f[s]

@@ -42,17 +42,7 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn metric(lab: &Lab, series: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(lab.metrics_addr()?).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (k, v) = l.rsplit_once(' ')?;
-        (k == series).then(|| v.parse().ok())?
-    })
-}
+use common::metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporters_filter_mask_and_reload_without_restart() {

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weir_integration::{Lab, NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+use common::in_ci;
 
 /// The receiver process; killed (stdin closed) on drop.
 struct Receiver {
@@ -88,17 +86,7 @@ fn received(out: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn metric(lab: &Lab, series: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(lab.metrics_addr()?).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (k, v) = l.rsplit_once(' ')?;
-        (k == series).then(|| v.parse().ok())?
-    })
-}
+use common::metric;
 
 async fn run(protocol: &str) {
     let test = format!("otel::{protocol}");

@@ -72,9 +72,7 @@ const RATE_INTERVAL: &str = "15s";
 /// How long the lab's pods exchange traffic.
 const TRAFFIC: Duration = Duration::from_secs(12);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+use common::in_ci;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -23,9 +23,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 use weir_integration::{NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+use common::in_ci;
 
 /// `dashboards/` at the root of the workspace.
 fn dashboards_dir() -> PathBuf {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use weir_integration::{LabOptions, is_root, sibling_binary};
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
@@ -29,7 +29,7 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-fn binary(env: &str, name: &str) -> PathBuf {
+pub fn binary(env: &str, name: &str) -> PathBuf {
     std::env::var_os(env)
         .map(PathBuf::from)
         .unwrap_or_else(|| sibling_binary(name))
@@ -69,4 +69,50 @@ pub fn weir_lab_bin() -> PathBuf {
 /// Named namespaces of run `run_id`.
 pub fn netns_of_run(run_id: &str) -> Vec<String> {
     weir_integration::netns::list(&format!("weirlab-{run_id}-"))
+}
+
+/// Runs the `weir` binary under test (`WEIR_LAB_WEIR` or next to the tests)
+/// with `args`, as a user runs it.
+pub fn run_weir<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(binary("WEIR_LAB_WEIR", "weir"))
+        .args(args)
+        .output()
+        .expect("run weir")
+}
+
+/// A command's exit status, stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The flows `weir observe -o json` (or `jsonpb`) printed, one per line.
+pub fn observed_flows(o: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .map(|v| v.get("flow").cloned().unwrap_or(v))
+        .collect()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) on the lab
+/// agent's /metrics, read with a plain blocking GET so that it can be used
+/// from synchronous polling closures; None when absent or unreachable.
+pub fn metric(lab: &weir_integration::Lab, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(lab.metrics_addr()?).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok())?
+    })
 }
