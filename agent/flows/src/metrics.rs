@@ -131,8 +131,7 @@ pub struct Metrics {
     /// weir_datapath_events_emitted_total
     pub datapath_events_emitted: CumulativeCounter,
     parse_errors: Vec<CumulativeCounter>,
-    drops: IntCounterVec,
-    drops_last: Mutex<HashMap<String, CumulativeCounter>>,
+    drops: TotalsVec,
     /// weir_conntrack_entries
     pub conntrack_entries: IntGauge,
     /// weir_conntrack_capacity
@@ -152,8 +151,7 @@ pub struct Metrics {
     pub flow_ring_capacity: IntGauge,
     queue_length: IntGaugeVec,
     queue_capacity: IntGaugeVec,
-    queue_dropped: IntCounterVec,
-    queue_dropped_last: Mutex<HashMap<String, CumulativeCounter>>,
+    queue_dropped: TotalsVec,
     flow_ring_lost_last: Mutex<HashMap<String, u64>>,
 
     /// weir_flow_log_lines_total
@@ -179,15 +177,13 @@ pub struct Metrics {
     flow_api_requests: IntCounterVec,
     flow_api_refused: IntCounterVec,
 
-    flow_export: [IntCounterVec; 5],
-    flow_export_last: Mutex<HashMap<(usize, String), CumulativeCounter>>,
+    flow_export: [TotalsVec; 5],
     flow_export_up: IntGaugeVec,
     /// weir_flow_export_config_errors_total
     pub flow_export_config_errors: IntCounter,
 
-    otel_exported: IntCounterVec,
-    otel_dropped: IntCounterVec,
-    otel_last: Mutex<HashMap<(String, String), CumulativeCounter>>,
+    otel_exported: TotalsVec,
+    otel_dropped: TotalsVec,
     text_source: OnceLock<TextSource>,
 }
 
@@ -197,6 +193,35 @@ struct TextSource(Box<dyn Fn(&mut String) + Send + Sync>);
 impl std::fmt::Debug for TextSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TextSource")
+    }
+}
+
+/// A counter vector whose series follow running totals kept elsewhere
+/// (kernel maps, a queue's drop count, an exporter's stats), copied in
+/// periodically: each label set gets a [`CumulativeCounter`] on first use.
+#[derive(Debug)]
+struct TotalsVec {
+    vec: IntCounterVec,
+    series: Mutex<HashMap<Vec<String>, CumulativeCounter>>,
+}
+
+impl TotalsVec {
+    fn new(vec: IntCounterVec) -> Self {
+        Self {
+            vec,
+            series: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Moves the series of `labels` up to `total` (never down).
+    fn set_total(&self, labels: &[&str], total: u64) {
+        let key: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert_with(|| CumulativeCounter::new(self.vec.with_label_values(labels)))
+            .set_total(total);
     }
 }
 
@@ -280,7 +305,9 @@ impl Metrics {
             name: "weir_flow_api_flows_sent_total",
             source,
         })?;
-        let export_vec = |name: &'static str, help: &str| counter_vec(r, name, help, &["exporter"]);
+        let export_vec = |name: &'static str, help: &str| {
+            counter_vec(r, name, help, &["exporter"]).map(TotalsVec::new)
+        };
         let flow_export = [
             export_vec(
                 "weir_flow_export_lines_total",
@@ -309,17 +336,17 @@ impl Metrics {
                 "weir_otel_records_exported_total",
                 "Records (flow log records, metric data points) accepted by the OTLP receiver.",
                 &["signal"],
-            )?,
+            )
+            .map(TotalsVec::new)?,
             otel_dropped: counter_vec(
                 r,
                 "weir_otel_records_dropped_total",
                 "Records the OTLP exporter dropped, by reason (queue_full, retry_exhausted, rejected, shutdown).",
                 &["signal", "reason"],
-            )?,
-            otel_last: Mutex::new(HashMap::new()),
+            )
+            .map(TotalsVec::new)?,
             text_source: OnceLock::new(),
             flow_export,
-            flow_export_last: Mutex::new(HashMap::new()),
             flow_export_up: gauge_vec(
                 r,
                 "weir_flow_export_up",
@@ -386,8 +413,8 @@ impl Metrics {
                 "weir_datapath_drops_total",
                 "Packets dropped by the datapath, by drop reason.",
                 &["reason"],
-            )?,
-            drops_last: Mutex::new(HashMap::new()),
+            )
+            .map(TotalsVec::new)?,
             conntrack_entries: gauge(r, "weir_conntrack_entries", "Entries in the conntrack map.")?,
             conntrack_capacity: gauge(
                 r,
@@ -436,8 +463,8 @@ impl Metrics {
                 "weir_queue_dropped_total",
                 "Items dropped because a queue was full.",
                 &["queue"],
-            )?,
-            queue_dropped_last: Mutex::new(HashMap::new()),
+            )
+            .map(TotalsVec::new)?,
             flow_ring_lost_last: Mutex::new(HashMap::new()),
             flow_log_lines: cumulative(
                 r,
@@ -556,10 +583,7 @@ impl Metrics {
     /// `DropReason` proto name, or "all" when the datapath does not break
     /// drops down).
     pub fn set_drops_total(&self, reason: &str, total: u64) {
-        let mut last = self.drops_last.lock().unwrap_or_else(|e| e.into_inner());
-        last.entry(reason.to_owned())
-            .or_insert_with(|| CumulativeCounter::new(self.drops.with_label_values(&[reason])))
-            .set_total(total);
+        self.drops.set_total(&[reason], total);
     }
 
     /// Sets `weir_datapath_info{attach_mode, kernel}` (one series).
@@ -592,18 +616,9 @@ impl Metrics {
 
     /// Copies the OTLP exporter's cumulative counters of one signal.
     pub fn set_otel(&self, signal: &str, exported: u64, dropped: &[(&str, u64)]) {
-        let mut last = self.otel_last.lock().unwrap_or_else(|e| e.into_inner());
-        last.entry((signal.to_owned(), String::new()))
-            .or_insert_with(|| {
-                CumulativeCounter::new(self.otel_exported.with_label_values(&[signal]))
-            })
-            .set_total(exported);
+        self.otel_exported.set_total(&[signal], exported);
         for (reason, n) in dropped {
-            last.entry((signal.to_owned(), (*reason).to_owned()))
-                .or_insert_with(|| {
-                    CumulativeCounter::new(self.otel_dropped.with_label_values(&[signal, reason]))
-                })
-                .set_total(*n);
+            self.otel_dropped.set_total(&[signal, reason], *n);
         }
     }
 
@@ -616,16 +631,8 @@ impl Metrics {
             c.filtered_out,
             c.queue_dropped,
         ];
-        let mut last = self
-            .flow_export_last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (i, total) in totals.into_iter().enumerate() {
-            last.entry((i, name.to_owned()))
-                .or_insert_with(|| {
-                    CumulativeCounter::new(self.flow_export[i].with_label_values(&[name]))
-                })
-                .set_total(total);
+        for (vec, total) in self.flow_export.iter().zip(totals) {
+            vec.set_total(&[name], total);
         }
         self.flow_export_up
             .with_label_values(&[name])
@@ -645,15 +652,7 @@ impl Metrics {
         self.queue_capacity
             .with_label_values(&[queue])
             .set(capacity as i64);
-        let mut last = self
-            .queue_dropped_last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        last.entry(queue.to_owned())
-            .or_insert_with(|| {
-                CumulativeCounter::new(self.queue_dropped.with_label_values(&[queue]))
-            })
-            .set_total(dropped_total);
+        self.queue_dropped.set_total(&[queue], dropped_total);
     }
 
     /// Updates the flow ring gauges and every subscriber queue (as
