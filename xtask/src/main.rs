@@ -29,7 +29,16 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
-fn main() -> Result<()> {
+fn main() {
+    // No anyhow backtrace: CI logs keep only their head and tail, and the
+    // tail must be the failure itself (see `run_tests`), not stack frames.
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().unwrap_or_else(|| "help".to_string());
     let rest: Vec<String> = args.collect();
@@ -285,8 +294,64 @@ fn test(rest: &[String]) -> Result<()> {
     let mut c = cargo();
     c.args(["test", "--workspace", "--no-fail-fast"]);
     c.args(rest.iter().filter(|a| *a != "--"));
-    run(&mut c)?;
-    Ok(())
+    run_tests(&mut c)
+}
+
+/// Runs `cargo test`, passing its output through, and on failure ends with a
+/// short summary of what failed (test names, panic messages, the binaries to
+/// rerun): a CI log cut to its head and tail must still name the failure.
+fn run_tests(c: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
+    eprintln!("xtask: {c:?}");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {c:?}"))?;
+    let summary = Arc::new(Mutex::new(Vec::<String>::new()));
+    let pump = |stream: Box<dyn std::io::Read + Send>, to_stderr: bool| {
+        let summary = Arc::clone(&summary);
+        std::thread::spawn(move || {
+            let mut panic_next = false;
+            for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                if to_stderr {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                } else {
+                    let _ = writeln!(std::io::stdout(), "{line}");
+                }
+                let keep = panic_next
+                    || (line.starts_with("test ") && line.ends_with(" FAILED"))
+                    || line.contains("panicked at")
+                    || line.starts_with("error: test failed")
+                    || line.starts_with("error: could not compile")
+                    || line.starts_with("error[");
+                panic_next = line.contains("panicked at");
+                if keep {
+                    let mut s = summary.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.len() < 60 {
+                        s.push(line.chars().take(300).collect());
+                    }
+                }
+            }
+        })
+    };
+    let out = pump(Box::new(child.stdout.take().context("stdout")?), false);
+    let err = pump(Box::new(child.stderr.take().context("stderr")?), true);
+    let st = child.wait().context("waiting for cargo test")?;
+    let _ = out.join();
+    let _ = err.join();
+    if st.success() {
+        return Ok(());
+    }
+    let s = summary.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!("\n==== xtask test: FAILED ({st}); what failed: ====");
+    for line in s.iter() {
+        eprintln!("  {line}");
+    }
+    bail!("cargo test failed ({st}); see the summary above")
 }
 
 fn bench(rest: &[String]) -> Result<()> {
