@@ -304,6 +304,7 @@ async fn run_async(
         },
         ring_bytes: c.datapath.ring_buffer_bytes,
         conntrack_entries: c.datapath.conntrack_entries,
+        ..DatapathOptions::default()
     };
     let load_started = Instant::now();
     let mut datapath = Datapath::load(&opts).context("loading the eBPF datapath")?;

@@ -24,7 +24,7 @@ use weir_common::{
     CtKey, CtValue, DatapathConfig, FlowEvent, defaults, maps, parse_error, programs, stat,
 };
 
-use crate::{events::EventReader, ring_fill::RingFill};
+use crate::{events::EventReader, policy::PolicyMaps, ring_fill::RingFill};
 
 /// The object built by `build.rs` from ebpf/programs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
@@ -51,6 +51,8 @@ pub struct DatapathOptions {
     pub ring_bytes: u32,
     /// Maximum connection-tracking entries (LRU: the oldest are evicted when full).
     pub conntrack_entries: u32,
+    /// Maximum policy rule entries (allocated as used).
+    pub policy_entries: u32,
 }
 
 impl Default for DatapathOptions {
@@ -60,6 +62,7 @@ impl Default for DatapathOptions {
             aggregation: Aggregation::Full,
             ring_bytes: defaults::EVENTS_RING_BYTES,
             conntrack_entries: defaults::CONNTRACK_ENTRIES,
+            policy_entries: defaults::POLICY_ENTRIES,
         }
     }
 }
@@ -222,6 +225,7 @@ pub struct Datapath {
     conntrack_capacity: u32,
     events: Option<RingBuf<MapData>>,
     ring_fill: RingFill,
+    policy: PolicyMaps,
 }
 
 // The agent moves the datapath into its tasks, and returns these errors
@@ -263,6 +267,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, opts.ring_bytes)
             .map_max_entries(maps::CONNTRACK, opts.conntrack_entries)
+            .map_max_entries(maps::POLICY, opts.policy_entries)
             .load(EBPF_OBJECT)
             .map_err(|source| DatapathError::ObjectLoad {
                 source: Box::new(source),
@@ -280,7 +285,8 @@ impl Datapath {
         let config = DatapathConfig {
             report_interval_ns: u64::try_from(opts.report_interval.as_nanos()).unwrap_or(u64::MAX),
             aggregation_none: u8::from(opts.aggregation == Aggregation::None),
-            _pad: [0; 7],
+            _pad: [0; 3],
+            policy_gen: 0,
         };
         {
             let map = ebpf
@@ -325,6 +331,14 @@ impl Datapath {
         })?;
         let ring_fill =
             RingFill::new(&events).map_err(|source| DatapathError::RingMmap { source })?;
+        let policy = PolicyMaps::new(
+            take_map(&mut ebpf, maps::POLICY_EP)?,
+            take_map(&mut ebpf, maps::POLICY)?,
+            take_map(&mut ebpf, maps::IPCACHE)?,
+            take_map(&mut ebpf, maps::CIDR_CELLS)?,
+            take_map(&mut ebpf, maps::CONFIG)?,
+            config,
+        )?;
 
         info!(
             mode = mode.as_str(),
@@ -345,7 +359,13 @@ impl Datapath {
             conntrack_capacity: opts.conntrack_entries,
             events: Some(events),
             ring_fill,
+            policy,
         })
+    }
+
+    /// The policy maps, to write what the compiler computed.
+    pub fn policy_maps(&mut self) -> &mut PolicyMaps {
+        &mut self.policy
     }
 
     /// Attaches both programs to `ifname` (ingress: `weir_from_endpoint`,
@@ -565,6 +585,12 @@ fn validate(opts: &DatapathOptions) -> Result<(), DatapathError> {
     if opts.conntrack_entries == 0 {
         return Err(DatapathError::InvalidOption {
             field: "conntrack_entries",
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    if opts.policy_entries == 0 {
+        return Err(DatapathError::InvalidOption {
+            field: "policy_entries",
             reason: "must be at least 1".to_owned(),
         });
     }

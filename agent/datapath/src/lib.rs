@@ -25,8 +25,10 @@
 
 mod datapath;
 mod events;
+mod policy;
 mod ring_fill;
 pub mod testing;
 
 pub use datapath::{Aggregation, AttachMode, Counters, Datapath, DatapathError, DatapathOptions};
 pub use events::EventReader;
+pub use policy::PolicyMaps;

@@ -905,7 +905,7 @@ fn full_ring_counts_lost_events() {
     let before_drain = h.counters();
     let emitted = before_drain.stats[stat::EVENTS_EMITTED as usize];
     let lost = before_drain.stats[stat::EVENTS_LOST as usize];
-    // Each record takes its 104 bytes plus an 8-byte header.
+    // Each record takes its 112 bytes plus an 8-byte header.
     let record = (std::mem::size_of::<FlowEvent>() + 8) as u64;
     assert_eq!(
         emitted,

@@ -34,6 +34,55 @@ pub mod verdict {
     pub const AUDIT: u8 = 4;
 }
 
+/// Drop reasons, numbered as Hubble's `flow.DropReason`.
+pub mod drop_reason {
+    /// No NetworkPolicy rule allows the packet (Hubble `POLICY_DENIED`).
+    pub const POLICY_DENIED: u8 = 133;
+}
+
+/// Security identities as the datapath sees them (the numbering of
+/// `weir_state::identity`: 1..=255 reserved, pods 256..=65535).
+pub mod identity {
+    /// In a [`super::PolicyKey`]: any peer (a rule without peers). Never an
+    /// address's identity.
+    pub const ANY: u32 = 0;
+    /// The local node (and host-network pods without their own identity).
+    pub const HOST: u32 = 1;
+    /// An address that is neither a known pod nor a node.
+    pub const WORLD: u32 = 2;
+    /// Other nodes of the cluster.
+    pub const REMOTE_NODE: u32 = 6;
+    /// First identity of a CIDR cell (`CIDR_CELLS` values): an `ipBlock`
+    /// address range, numbered from here up.
+    pub const CIDR_BASE: u32 = 1 << 24;
+}
+
+/// Policy directions in a [`PolicyKey`], as seen by the endpoint.
+pub mod direction {
+    /// Traffic into the endpoint (checked at `obs::TO_ENDPOINT`).
+    pub const INGRESS: u8 = 1;
+    /// Traffic out of the endpoint (checked at `obs::FROM_ENDPOINT`).
+    pub const EGRESS: u8 = 2;
+}
+
+/// Bits of [`EndpointPolicy::flags`].
+pub mod ep_flag {
+    /// A policy with type Ingress selects the endpoint: ingress not allowed by
+    /// a rule is denied.
+    pub const INGRESS_ENFORCED: u8 = 0x01;
+    /// Likewise for egress.
+    pub const EGRESS_ENFORCED: u8 = 0x02;
+    /// Audit mode: a would-be drop passes with verdict AUDIT.
+    pub const AUDIT: u8 = 0x04;
+}
+
+/// Bits of [`CtValue::policy_state`].
+pub mod ct_policy {
+    /// The connection was denied by policy and passes only because of audit
+    /// mode: its events carry verdict AUDIT.
+    pub const AUDITED: u8 = 0x01;
+}
+
 /// TCP flag bits as they appear in the TCP header's flags byte.
 pub mod tcp {
     pub const FIN: u8 = 0x01;
@@ -107,7 +156,14 @@ pub mod stat {
     pub const CT_INSERT_FAILED: u32 = 5;
     /// Packets dropped by the datapath (any reason).
     pub const DROPPED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Packets dropped because no policy rule allowed them.
+    pub const POLICY_DENIED: u32 = 7;
+    /// Packets that policy would have dropped, passed by audit mode.
+    pub const POLICY_AUDITED: u32 = 8;
+    /// New connections whose policy verdict was looked up (conntrack misses
+    /// and entries older than the current policy generation).
+    pub const POLICY_LOOKUPS: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// The runtime configuration of the programs, one entry of the `CONFIG` array map,
@@ -119,7 +175,11 @@ pub struct DatapathConfig {
     pub report_interval_ns: u64,
     /// 0: aggregate (NEW, TCP_FLAG, REPORT); 1: emit one event per packet.
     pub aggregation_none: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Bumped by the agent after each change of the policy maps; a conntrack
+    /// entry decided under another generation has its forward direction
+    /// checked again.
+    pub policy_gen: u32,
 }
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);
 
@@ -157,9 +217,15 @@ pub struct CtValue {
     pub tcp_flags: [u8; 2],
     /// 1 when the initiator is `addr_a`/`port_a` of the key, 2 when it is `b`.
     pub initiator: u8,
-    pub _pad: [u8; 5],
+    /// `ct_policy::*` bits.
+    pub policy_state: u8,
+    /// `DatapathConfig::policy_gen` when the policy verdict was last decided.
+    pub policy_gen: u32,
+    /// Attribution id of that verdict (see [`FlowEvent::policy_attr`]).
+    pub policy_attr: u32,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 64);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 72);
 
 /// The fixed-size record written into the ring buffer, one per emitted event.
 ///
@@ -204,8 +270,84 @@ pub struct FlowEvent {
     pub flags: u8,
     /// Union of TCP flags seen so far: [forward, reverse].
     pub tcp_flags_seen: [u8; 2],
+    /// Which policies decided the verdict: an id of the agent's attribution
+    /// table (the allowing rules' policies, or for a drop or audit the
+    /// policies that isolate the endpoint in that direction); 0 when no
+    /// policy applies.
+    pub policy_attr: u32,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
+
+/// Per-endpoint policy state, value of `POLICY_EP` keyed by the host-side
+/// interface index. An interface without an entry is not policed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// The endpoint's own security identity.
+    pub identity: u32,
+    /// `ep_flag::*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Attribution id reported when ingress is denied (the policies that
+    /// isolate the endpoint for ingress).
+    pub ingress_deny_attr: u32,
+    /// Likewise for egress.
+    pub egress_deny_attr: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointPolicy>() == 16);
+
+/// Data of a `POLICY` LPM-trie key (the trie's key is this prefixed by a
+/// 32-bit prefix length). Matched bit by bit in memory order: endpoint and
+/// identity always whole (an `identity::ANY` entry is a separate lookup),
+/// then direction, then protocol (absent: any protocol), then the
+/// destination port in network byte order (a prefix of it: a port range
+/// decomposed into aligned blocks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// Host-side interface index of the endpoint the rule belongs to.
+    pub endpoint: u32,
+    /// Peer identity (pod identity, reserved identity, a CIDR cell) or `identity::ANY`.
+    pub identity: u32,
+    /// `direction::*`.
+    pub direction: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// Prefix lengths of `POLICY` keys.
+pub mod policy_prefix {
+    /// Endpoint, identity and direction: any protocol, any port.
+    pub const ANY_PROTO: u32 = 72;
+    /// ... and the protocol: any port of it.
+    pub const ANY_PORT: u32 = 80;
+    /// ... and the whole port.
+    pub const FULL: u32 = 96;
+}
+
+/// Value of a `POLICY` entry: the rule allows the traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// Attribution id: the policies whose rules allow what this entry covers.
+    pub attr: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// Data of an `IPCACHE` hash key and of a `CIDR_CELLS` LPM-trie key: an
+/// address as 16 bytes, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`, so an
+/// IPv4 prefix of length n is the trie prefix 96 + n).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
 
 /// Map names, shared so the agent looks up exactly what the programs define.
 pub mod maps {
@@ -214,6 +356,14 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const PARSE_ERRORS: &str = "PARSE_ERRORS";
     pub const CONFIG: &str = "CONFIG";
+    /// Hash: host-side ifindex -> [`super::EndpointPolicy`].
+    pub const POLICY_EP: &str = "POLICY_EP";
+    /// LPM trie: [`super::PolicyKey`] -> [`super::PolicyValue`].
+    pub const POLICY: &str = "POLICY";
+    /// Hash: [`super::IpKey`] -> identity (pods and nodes).
+    pub const IPCACHE: &str = "IPCACHE";
+    /// LPM trie: [`super::IpKey`] -> CIDR cell identity (`ipBlock` ranges).
+    pub const CIDR_CELLS: &str = "CIDR_CELLS";
 }
 
 /// Program names as they appear in the object file.
@@ -232,6 +382,14 @@ pub mod defaults {
     pub const CONNTRACK_ENTRIES: u32 = 65_536;
     /// Default report interval for long-lived connections.
     pub const REPORT_INTERVAL_NS: u64 = 5_000_000_000;
+    /// Policy LPM-trie entries (allocated on use, not preallocated).
+    pub const POLICY_ENTRIES: u32 = 262_144;
+    /// Policed endpoints on one node.
+    pub const POLICY_ENDPOINTS: u32 = 4_096;
+    /// Pod and node addresses known to the datapath.
+    pub const IPCACHE_ENTRIES: u32 = 131_072;
+    /// `ipBlock` cells.
+    pub const CIDR_CELL_ENTRIES: u32 = 65_536;
 }
 
 #[cfg(feature = "user")]
@@ -242,4 +400,8 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::EndpointPolicy {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::IpKey {}
 }

@@ -1,9 +1,11 @@
 //! Weir's kernel programs: tc classifiers on an endpoint's host-side veth.
 //!
 //! This crate owns the packet path only: parsing, connection tracking,
-//! in-kernel aggregation and the ring-buffer record. The record layout, map
-//! keys and constants live in `weir-common`; loading, attaching and reading
-//! belong to `weir-datapath`. Nothing here may drop a packet yet (no policy).
+//! policy enforcement, in-kernel aggregation and the ring-buffer record. The
+//! record layout, map keys and constants live in `weir-common`; loading,
+//! attaching and reading belong to `weir-datapath`; what the policy maps
+//! hold is computed by weir-policy. Only policy drops packets: a packet that
+//! cannot be parsed always passes.
 //!
 //! # Hooks
 //!
@@ -33,11 +35,19 @@
 //!    both directions share the entry, scoped to the skb's ifindex). A miss
 //!    creates the entry and decides the initiator; so does a bare SYN on an
 //!    entry that already saw FIN or RST (the ports were reused).
+//!    Policy (see [`decide`]) is looked up for the forward direction of a
+//!    new connection (egress of the endpoint at `FROM_ENDPOINT`, ingress at
+//!    `TO_ENDPOINT`), and again for an established one when the agent has
+//!    bumped the policy generation since it was decided. A denied packet is
+//!    counted, reported as a DROPPED event (reason POLICY_DENIED, with the
+//!    isolating policies' attribution) and dropped, and leaves no conntrack
+//!    entry; in audit mode it passes and its connection reports AUDIT.
+//!    Replies of a tracked connection are never policed.
 //! 4. Decide whether to emit a `FlowEvent` into the ring buffer `EVENTS`:
 //!    NEW, TCP_FLAG (first SYN/FIN/RST per direction), REPORT (at most once per
 //!    report interval) or, with `aggregation_none`, PACKET for every packet.
 //!    A failed ring reservation is counted in `STATS[EVENTS_LOST]`.
-//! 5. Return [`TC_PASS`].
+//! 5. Return [`TC_PASS`] (or [`TC_DROP`] for a policy drop).
 //!
 //! # Concurrency
 //!
@@ -60,13 +70,21 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK},
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::{classifier, map},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, LruHashMap, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::TcContext,
 };
 use weir_common::{
-    CtKey, CtValue, DatapathConfig, FlowEvent, defaults, emit, family, flag, obs, parse_error,
-    stat, tcp, verdict,
+    CtKey, CtValue, DatapathConfig, EndpointPolicy, FlowEvent, IpKey, PolicyKey, PolicyValue,
+    ct_policy, defaults, direction, drop_reason, emit, ep_flag, family, flag, identity, obs,
+    parse_error, policy_prefix, stat, tcp, verdict,
 };
+
+/// The value both hooks return to drop a packet (`TC_ACT_SHOT` and
+/// `TCX_DROP` are both 2).
+const TC_DROP: i32 = 2;
 
 /// The value both hooks return: let the packet continue.
 ///
@@ -93,6 +111,7 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -125,6 +144,25 @@ static PARSE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(parse_erro
 /// Runtime configuration, entry 0, written by the agent before attaching.
 #[map]
 static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+/// Policed endpoints by host-side ifindex; sized by the agent.
+#[map]
+static POLICY_EP: HashMap<u32, EndpointPolicy> =
+    HashMap::with_max_entries(defaults::POLICY_ENDPOINTS, 0);
+
+/// What each endpoint allows (see `weir_common::PolicyKey`); sized by the agent.
+#[map]
+static POLICY: LpmTrie<PolicyKey, PolicyValue> =
+    LpmTrie::with_max_entries(defaults::POLICY_ENTRIES, 0);
+
+/// Identity of each pod and node address; sized by the agent.
+#[map]
+static IPCACHE: HashMap<IpKey, u32> = HashMap::with_max_entries(defaults::IPCACHE_ENTRIES, 0);
+
+/// `ipBlock` cells: the longest `cidr`/`except` boundary containing an
+/// address, as a cell identity; sized by the agent.
+#[map]
+static CIDR_CELLS: LpmTrie<IpKey, u32> = LpmTrie::with_max_entries(defaults::CIDR_CELL_ENTRIES, 0);
 
 #[classifier]
 pub fn weir_from_endpoint(ctx: TcContext) -> i32 {
@@ -177,9 +215,11 @@ fn observe(ctx: &TcContext, obs_point: u8) -> i32 {
 
     match parse(ctx, pkt_len) {
         Ok(pkt) => track(ctx, &pkt, pkt_len, obs_point),
-        Err(reason) => bump(&PARSE_ERRORS, reason, 1),
+        Err(reason) => {
+            bump(&PARSE_ERRORS, reason, 1);
+            TC_PASS
+        }
     }
-    TC_PASS
 }
 
 /// Adds `n` to this CPU's slot `index` of a per-CPU counter array. No atomics:
@@ -479,7 +519,7 @@ fn addr_lt(a: &[u32; 4], b: &[u32; 4]) -> Option<bool> {
     clippy::needless_borrows_for_generic_args,
     reason = "passing the key and value by value costs 48 more bytes of the 512-byte BPF stack"
 )]
-fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
+fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) -> i32 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a helper without arguments or preconditions.
@@ -508,9 +548,13 @@ fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
         _pad: [0; 2],
     };
 
-    let (report_interval_ns, aggregation_none) = match CONFIG.get(0) {
-        Some(cfg) => (cfg.report_interval_ns, cfg.aggregation_none != 0),
-        None => (defaults::REPORT_INTERVAL_NS, false),
+    let (report_interval_ns, aggregation_none, policy_gen) = match CONFIG.get(0) {
+        Some(cfg) => (
+            cfg.report_interval_ns,
+            cfg.aggregation_none != 0,
+            cfg.policy_gen,
+        ),
+        None => (defaults::REPORT_INTERVAL_NS, false, 0),
     };
 
     // A bare SYN on a tuple whose connection already closed (FIN or RST
@@ -521,6 +565,29 @@ fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
         // SAFETY: a live conntrack value (see `update_existing`).
         let seen = unsafe { (*ct).tcp_flags[0] | (*ct).tcp_flags[1] };
         if !(syn_only && seen & (tcp::FIN | tcp::RST) != 0) {
+            // SAFETY: a live conntrack value (see `update_existing`).
+            let (initiator, gen_seen) = unsafe { ((*ct).initiator, (*ct).policy_gen) };
+            let reply = sender_is_a != (initiator == 1);
+            if !reply && gen_seen != policy_gen {
+                // The policy changed since this connection was decided:
+                // check its forward direction again.
+                let (decision, attr) = decide(ifindex, pkt, obs_point);
+                if decision == DENY {
+                    // SAFETY: as above.
+                    let ct_ref = unsafe { &*ct };
+                    return drop_packet(pkt, ct_ref, attr, ifindex, pkt_len, now, obs_point);
+                }
+                // SAFETY: as above; a racing writer stores the same values.
+                unsafe {
+                    (*ct).policy_gen = policy_gen;
+                    (*ct).policy_attr = attr;
+                    (*ct).policy_state = if decision == AUDIT {
+                        ct_policy::AUDITED
+                    } else {
+                        0
+                    };
+                }
+            }
             update_existing(
                 ct,
                 pkt,
@@ -532,7 +599,7 @@ fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
                 report_interval_ns,
                 aggregation_none,
             );
-            return;
+            return TC_PASS;
         }
         insert_flags = BPF_ANY;
     }
@@ -563,6 +630,21 @@ fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
     value.last_report_ns = now;
     value.tcp_flags = tcp_flags;
     value.initiator = if initiator_is_a { 1 } else { 2 };
+    value.policy_gen = policy_gen;
+
+    // A new connection is checked in its forward direction; a first packet
+    // that is itself a reply (a SYN-ACK whose SYN we missed) belongs to a
+    // connection decided before.
+    if sender_initiates {
+        let (decision, attr) = decide(ifindex, pkt, obs_point);
+        value.policy_attr = attr;
+        if decision == DENY {
+            return drop_packet(pkt, &value, attr, ifindex, pkt_len, now, obs_point);
+        }
+        if decision == AUDIT {
+            value.policy_state = ct_policy::AUDITED;
+        }
+    }
 
     let reason = if aggregation_none {
         emit::PACKET
@@ -586,7 +668,7 @@ fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
                     report_interval_ns,
                     aggregation_none,
                 );
-                return;
+                return TC_PASS;
             }
             // Really failed (no memory): still report the packet, untracked.
             bump(&STATS, stat::CT_INSERT_FAILED, 1);
@@ -601,7 +683,146 @@ fn track(ctx: &TcContext, pkt: &Packet, pkt_len: u32, obs_point: u8) {
         obs_point,
         reason,
         !sender_initiates,
+        ct_verdict(&value),
+        0,
+        value.policy_attr,
     );
+    TC_PASS
+}
+
+/// Policy decisions of [`decide`].
+const ALLOW: u8 = 0;
+const DENY: u8 = 1;
+/// Denied, but the endpoint is in audit mode: passes, reported as AUDIT.
+const AUDIT: u8 = 2;
+
+/// The verdict a tracked connection's events carry.
+#[inline(always)]
+fn ct_verdict(ct: &CtValue) -> u8 {
+    if ct.policy_state & ct_policy::AUDITED != 0 {
+        verdict::AUDIT
+    } else {
+        verdict::FORWARDED
+    }
+}
+
+/// Counts, reports and drops a packet that policy denies.
+#[inline(always)]
+fn drop_packet(
+    pkt: &Packet,
+    ct: &CtValue,
+    attr: u32,
+    ifindex: u32,
+    pkt_len: u32,
+    now: u64,
+    obs_point: u8,
+) -> i32 {
+    bump(&STATS, stat::DROPPED, 1);
+    bump(&STATS, stat::POLICY_DENIED, 1);
+    emit_event(
+        pkt,
+        ct,
+        ifindex,
+        pkt_len,
+        now,
+        obs_point,
+        emit::PACKET,
+        false,
+        verdict::DROPPED,
+        drop_reason::POLICY_DENIED,
+        attr,
+    );
+    TC_DROP
+}
+
+/// An address held as words in the 16-byte form of the policy maps: IPv6
+/// as is, IPv4 as IPv4-mapped IPv6.
+#[inline(always)]
+fn ip_key(addr: &[u32; 4], fam: u8) -> IpKey {
+    let words = if fam == family::IPV4 {
+        [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr[0]]
+    } else {
+        *addr
+    };
+    IpKey {
+        addr: addr_bytes(&words),
+    }
+}
+
+/// The policy verdict for the forward direction of a new connection at
+/// this endpoint, and its attribution id.
+///
+/// Egress of the endpoint at `FROM_ENDPOINT` (the peer is the destination),
+/// ingress at `TO_ENDPOINT` (the peer is the source). Lookups, in order:
+/// the peer's identity, the peer's CIDR cell, any peer. Non-first fragments
+/// carry no ports and pass: their connection was decided on the first one.
+#[inline(always)]
+fn decide(ifindex: u32, pkt: &Packet, obs_point: u8) -> (u8, u32) {
+    // SAFETY: the value is read before the program ends; the agent replaces
+    // entries whole.
+    let Some(ep) = (unsafe { POLICY_EP.get(&ifindex) }) else {
+        return (ALLOW, 0);
+    };
+    let (dir, enforced, peer) = if obs_point == obs::FROM_ENDPOINT {
+        (
+            direction::EGRESS,
+            ep.flags & ep_flag::EGRESS_ENFORCED,
+            &pkt.dst,
+        )
+    } else {
+        (
+            direction::INGRESS,
+            ep.flags & ep_flag::INGRESS_ENFORCED,
+            &pkt.src,
+        )
+    };
+    if enforced == 0 || pkt.flags & (flag::FRAGMENT | flag::NO_L4) == flag::FRAGMENT | flag::NO_L4
+    {
+        return (ALLOW, 0);
+    }
+    bump(&STATS, stat::POLICY_LOOKUPS, 1);
+    let addr = ip_key(peer, pkt.family);
+    // SAFETY: a plain u32 copied out at once.
+    let peer_id = unsafe { IPCACHE.get(&addr) }
+        .copied()
+        .unwrap_or(identity::WORLD);
+    let port = match pkt.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => pkt.ct_dport,
+        _ => 0,
+    };
+    let mut key = Key::new(
+        policy_prefix::FULL,
+        PolicyKey {
+            endpoint: ifindex,
+            identity: peer_id,
+            direction: dir,
+            proto: pkt.proto,
+            port: port.to_be_bytes(),
+        },
+    );
+    if let Some(v) = POLICY.get(&key) {
+        return (ALLOW, v.attr);
+    }
+    if let Some(cell) = CIDR_CELLS.get(Key::new(128, addr)) {
+        key.data.identity = *cell;
+        if let Some(v) = POLICY.get(&key) {
+            return (ALLOW, v.attr);
+        }
+    }
+    key.data.identity = identity::ANY;
+    if let Some(v) = POLICY.get(&key) {
+        return (ALLOW, v.attr);
+    }
+    let attr = if dir == direction::EGRESS {
+        ep.egress_deny_attr
+    } else {
+        ep.ingress_deny_attr
+    };
+    if ep.flags & ep_flag::AUDIT != 0 {
+        bump(&STATS, stat::POLICY_AUDITED, 1);
+        return (AUDIT, attr);
+    }
+    (DENY, attr)
 }
 
 #[inline(always)]
@@ -663,7 +884,19 @@ fn update_existing(
         return;
     };
     ct_ref.last_report_ns = now;
-    emit_event(pkt, ct_ref, ifindex, pkt_len, now, obs_point, reason, reply);
+    emit_event(
+        pkt,
+        ct_ref,
+        ifindex,
+        pkt_len,
+        now,
+        obs_point,
+        reason,
+        reply,
+        ct_verdict(ct_ref),
+        0,
+        ct_ref.policy_attr,
+    );
 }
 
 #[inline(always)]
@@ -680,13 +913,16 @@ fn emit_event(
     obs_point: u8,
     reason: u8,
     reply: bool,
+    verdict: u8,
+    drop_reason: u8,
+    policy_attr: u32,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         bump(&STATS, stat::EVENTS_LOST, 1);
         return;
     };
     let (src_port, dst_port) = pkt.event_ports();
-    // Field by field straight into the ring: building the 104-byte record
+    // Field by field straight into the ring: building the 112-byte record
     // on the stack first would cost stack the verifier caps at 512 bytes.
     let e = entry.as_mut_ptr();
     // SAFETY: `e` points to a reserved, exclusively owned FlowEvent-sized
@@ -713,10 +949,12 @@ fn emit_event(
         (&raw mut (*e).icmp_code).write(pkt.icmp_code);
         (&raw mut (*e).obs_point).write(obs_point);
         (&raw mut (*e).emit_reason).write(reason);
-        (&raw mut (*e).verdict).write(verdict::FORWARDED);
-        (&raw mut (*e).drop_reason).write(0);
+        (&raw mut (*e).verdict).write(verdict);
+        (&raw mut (*e).drop_reason).write(drop_reason);
         (&raw mut (*e).flags).write(pkt.flags | if reply { flag::REPLY } else { 0 });
         (&raw mut (*e).tcp_flags_seen).write(ct.tcp_flags);
+        (&raw mut (*e).policy_attr).write(policy_attr);
+        (&raw mut (*e)._pad).write([0; 4]);
     }
     entry.submit(0);
     bump(&STATS, stat::EVENTS_EMITTED, 1);
