@@ -81,8 +81,25 @@ pub fn flow_to_proto_with(f: &weir_flows::Flow, extensions: bool) -> pb::Flow {
             .as_ref()
             .filter(|_| extensions)
             .map(extensions_to_any),
+        egress_allowed_by: policies_to_proto(&f.egress_allowed_by),
+        ingress_allowed_by: policies_to_proto(&f.ingress_allowed_by),
+        egress_denied_by: policies_to_proto(&f.egress_denied_by),
+        ingress_denied_by: policies_to_proto(&f.ingress_denied_by),
         ..pb::Flow::default()
     }
+}
+
+/// A flow's policy attribution as the proto's repeated `flow.Policy`.
+fn policies_to_proto(p: &[wf::Policy]) -> Vec<pb::Policy> {
+    p.iter()
+        .map(|p| pb::Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            revision: p.revision,
+            kind: p.kind.clone(),
+        })
+        .collect()
 }
 
 /// A `flow.LostEvent` telling a client that `count` events were lost at
@@ -373,7 +390,23 @@ pub fn flow_from_proto(p: &pb::Flow) -> weir_flows::Flow {
         }),
         summary: Cow::Owned(p.summary.clone()),
         extensions: p.extensions.as_ref().and_then(extensions_from_any),
+        egress_allowed_by: policies_from_proto(&p.egress_allowed_by),
+        ingress_allowed_by: policies_from_proto(&p.ingress_allowed_by),
+        egress_denied_by: policies_from_proto(&p.egress_denied_by),
+        ingress_denied_by: policies_from_proto(&p.ingress_denied_by),
     }
+}
+
+fn policies_from_proto(p: &[pb::Policy]) -> wf::Policies {
+    p.iter()
+        .map(|p| wf::Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            revision: p.revision,
+            kind: p.kind.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -460,6 +493,36 @@ mod tests {
                     ..Default::default()
                 }),
             }),
+            egress_allowed_by: Arc::from(vec![wf::Policy {
+                name: "allow-web".into(),
+                namespace: "x".into(),
+                labels: vec!["k8s:io.cilium.k8s.policy.name=allow-web".into()],
+                revision: 7,
+                kind: "NetworkPolicy".into(),
+            }]),
+            ingress_allowed_by: Arc::from(vec![wf::Policy {
+                name: "allow-in".into(),
+                namespace: "y".into(),
+                ..Default::default()
+            }]),
+            egress_denied_by: Arc::from(vec![wf::Policy {
+                name: "deny-out".into(),
+                namespace: "x".into(),
+                kind: "NetworkPolicy".into(),
+                ..Default::default()
+            }]),
+            ingress_denied_by: Arc::from(vec![
+                wf::Policy {
+                    name: "a".into(),
+                    namespace: "y".into(),
+                    ..Default::default()
+                },
+                wf::Policy {
+                    name: "b".into(),
+                    namespace: "y".into(),
+                    ..Default::default()
+                },
+            ]),
         }
     }
 

@@ -18,9 +18,10 @@ use uuid::Uuid;
 use weir_common::{FlowEvent, emit, family, flag, obs, verdict};
 use weir_state::{EndpointIndex, EndpointMeta};
 
+use crate::attribution::Attribution;
 use crate::flow::{
     CiliumEventType, DropReason, EVENT_TYPE_DROP, EVENT_TYPE_TRACE, EmitReason, Endpoint, Flow,
-    FlowExtensions, FlowType, Icmp, Ip, IpVersion, Layer4, NetworkInterface,
+    FlowExtensions, FlowType, Icmp, Ip, IpVersion, Layer4, NetworkInterface, Policies,
     TRACE_SUB_TYPE_FROM_ENDPOINT, TRACE_SUB_TYPE_TO_ENDPOINT, Tcp, TcpFlags, Timestamp,
     TraceObservationPoint, TrafficDirection, Udp, Verdict, Workload, icmpv4_summary,
     icmpv6_summary,
@@ -44,6 +45,8 @@ pub struct Decoder {
     interfaces: HashMap<u32, Arc<str>, PtrHash>,
     /// The shared empty name, so unresolvable interfaces do not allocate per event.
     no_name: Arc<str>,
+    /// Names the policies of an event's attribution id.
+    attribution: Option<Arc<Attribution>>,
 }
 
 impl Decoder {
@@ -68,7 +71,14 @@ impl Decoder {
             world: Arc::new(Endpoint::world()),
             interfaces: HashMap::default(),
             no_name: Arc::from(""),
+            attribution: None,
         }
+    }
+
+    /// Names the policies of events' attribution ids from `table` (without
+    /// it, flows carry no `*_allowed_by` / `*_denied_by`).
+    pub fn set_attribution(&mut self, table: Arc<Attribution>) {
+        self.attribution = Some(table);
     }
 
     /// The node name put on every flow.
@@ -192,6 +202,26 @@ impl Decoder {
                 .then(|| TcpFlags::from_header_byte(ev.tcp_flags_seen[1])),
         };
 
+        // The attribution belongs to the direction the connection was
+        // decided in at this endpoint: egress for a connection the endpoint
+        // opened (forward packets leave it at FROM_ENDPOINT), else ingress.
+        let mut policies: [Policies; 4] = Default::default();
+        if let Some(set) = self
+            .attribution
+            .as_ref()
+            .and_then(|t| t.get(ev.policy_attr))
+        {
+            let egress = (ev.obs_point == obs::FROM_ENDPOINT) != is_reply;
+            let denied = matches!(verdict, Verdict::Dropped | Verdict::Audit);
+            policies[usize::from(egress) * 2 + usize::from(denied)] = set;
+        }
+        let [
+            ingress_allowed_by,
+            ingress_denied_by,
+            egress_allowed_by,
+            egress_denied_by,
+        ] = policies;
+
         Flow {
             time: Some(time),
             uuid: self.uuids.next(),
@@ -215,6 +245,10 @@ impl Decoder {
             interface,
             summary,
             extensions: Some(extensions),
+            egress_allowed_by,
+            ingress_allowed_by,
+            egress_denied_by,
+            ingress_denied_by,
         }
     }
 

@@ -93,6 +93,43 @@ pub struct Flow {
         deserialize_with = "deserialize_extensions"
     )]
     pub extensions: Option<FlowExtensions>,
+    /// The policies whose egress rules allowed this flow (Hubble `egress_allowed_by`).
+    #[serde(default, skip_serializing_if = "policies_empty")]
+    pub egress_allowed_by: Policies,
+    /// The policies whose ingress rules allowed it.
+    #[serde(default, skip_serializing_if = "policies_empty")]
+    pub ingress_allowed_by: Policies,
+    /// For a drop (or an audit), the policies that isolate the source for
+    /// egress and allow none of it (Hubble `egress_denied_by`).
+    #[serde(default, skip_serializing_if = "policies_empty")]
+    pub egress_denied_by: Policies,
+    /// Likewise for ingress at the destination.
+    #[serde(default, skip_serializing_if = "policies_empty")]
+    pub ingress_denied_by: Policies,
+}
+
+/// A set of policies, shared by every flow that names it (the agent's
+/// attribution table hands out one `Arc` per set).
+pub type Policies = Arc<[Policy]>;
+
+fn policies_empty(p: &Policies) -> bool {
+    p.is_empty()
+}
+
+/// A policy named in a flow (Hubble's `flow.Policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero", with = "pbjson::u64_string")]
+    pub revision: u64,
+    /// `NetworkPolicy` for Kubernetes policies.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 impl Flow {

@@ -8,6 +8,7 @@
 //! [`metrics::Metrics::observe_flow`] on the side. No aya here: events arrive
 //! as plain `weir_common::FlowEvent` values.
 
+pub mod attribution;
 pub mod compact;
 pub mod decode;
 pub mod export;
@@ -17,6 +18,7 @@ pub mod metrics;
 mod pbjson;
 pub mod store;
 
+pub use attribution::Attribution;
 pub use decode::Decoder;
 pub use export::{ExportEvent, FlowLogTarget, FlowLogWriter, OutputFormat};
 pub use flow::Flow;

@@ -519,3 +519,79 @@ fn real_interface_name_resolved() {
     assert_eq!((i.index, i.name.as_ref()), (999_999, ""));
     let _ = (family::IPV4, emit::NEW);
 }
+
+#[test]
+fn policy_attribution_goes_to_the_deciding_direction() {
+    let table = weir_flows::Attribution::new();
+    let allow: Policies = Arc::from(vec![Policy {
+        name: "allow-web".into(),
+        namespace: "x".into(),
+        kind: "NetworkPolicy".into(),
+        ..Policy::default()
+    }]);
+    let deny: Policies = Arc::from(vec![
+        Policy {
+            name: "default-deny".into(),
+            namespace: "x".into(),
+            ..Policy::default()
+        },
+        Policy {
+            name: "egress-only".into(),
+            namespace: "x".into(),
+            ..Policy::default()
+        },
+    ]);
+    table.insert(5, allow.clone());
+    table.insert(6, deny.clone());
+    let mut d = decoder();
+    d.set_attribution(table.clone());
+    let empty = |p: &Policies| p.is_empty();
+
+    // Allowed egress at the source's FROM_ENDPOINT.
+    let mut ev = tcp_v4_syn();
+    ev.policy_attr = 5;
+    let f = d.decode(&ev, &index());
+    assert_eq!(f.egress_allowed_by, allow);
+    assert!(
+        empty(&f.ingress_allowed_by) && empty(&f.egress_denied_by) && empty(&f.ingress_denied_by)
+    );
+
+    // Its reply arriving at TO_ENDPOINT still names the egress decision.
+    ev.obs_point = obs::TO_ENDPOINT;
+    ev.flags = flag::REPLY;
+    let f = d.decode(&ev, &index());
+    assert_eq!(f.egress_allowed_by, allow);
+
+    // New ingress at TO_ENDPOINT, dropped: the isolating policies deny it.
+    ev.flags = 0;
+    ev.verdict = verdict::DROPPED;
+    ev.drop_reason = 133;
+    ev.policy_attr = 6;
+    let f = d.decode(&ev, &index());
+    assert_eq!(f.ingress_denied_by, deny);
+    assert_eq!(f.drop_reason_desc, DropReason::PolicyDenied);
+    assert!(
+        empty(&f.egress_allowed_by) && empty(&f.ingress_allowed_by) && empty(&f.egress_denied_by)
+    );
+
+    // Audit counts as denied; an unknown id or 0 names nothing.
+    ev.verdict = verdict::AUDIT;
+    ev.obs_point = obs::FROM_ENDPOINT;
+    let f = d.decode(&ev, &index());
+    assert_eq!(f.verdict, Verdict::Audit);
+    assert_eq!(f.egress_denied_by, deny);
+    ev.policy_attr = 99;
+    assert!(empty(&d.decode(&ev, &index()).egress_denied_by));
+    ev.policy_attr = 0;
+    assert!(empty(&d.decode(&ev, &index()).egress_denied_by));
+
+    // The flow log prints them in Hubble's shape.
+    ev.policy_attr = 6;
+    ev.verdict = verdict::DROPPED;
+    let json = serde_json::to_value(d.decode(&ev, &index())).unwrap();
+    assert_eq!(
+        json["egress_denied_by"],
+        serde_json::json!([{"name":"default-deny","namespace":"x"},{"name":"egress-only","namespace":"x"}])
+    );
+    assert_eq!(table.len(), 2);
+}
