@@ -359,3 +359,32 @@ fn a_new_generation_rechecks_established_connections() {
         .unwrap();
     h.dp.policy_maps().remove_endpoint(99).unwrap();
 }
+
+#[test]
+fn neighbour_discovery_and_icmp_errors_are_never_policed() {
+    if !privileged("neighbour_discovery_and_icmp_errors_are_never_policed") {
+        return;
+    }
+    let mut h = H::new();
+    h.endpoint(ep_flag::INGRESS_ENFORCED | ep_flag::EGRESS_ENFORCED);
+    let (pod6, peer6) = (v6(1), v6(2));
+    // Neighbour solicitation and advertisement, both ways: pass.
+    for (ty, obs_point, src, dst) in [
+        (135, obs::FROM_ENDPOINT, pod6, peer6),
+        (136, obs::TO_ENDPOINT, peer6, pod6),
+        (135, obs::TO_ENDPOINT, peer6, pod6),
+        (133, obs::FROM_ENDPOINT, pod6, peer6),
+        (2, obs::TO_ENDPOINT, peer6, pod6),
+    ] {
+        let pkt = ipv6(src, dst, &[], 58, &icmp(ty, 0, 0, 0));
+        let (rc, evs) = h.run(obs_point, &pkt);
+        assert_eq!(rc, 0, "ICMPv6 type {ty}");
+        assert!(evs.iter().all(|e| e.verdict == verdict::FORWARDED));
+    }
+    // ICMP errors pass; an echo request does not.
+    let unreach = ipv4(PEER, POD, 1, &icmp(3, 1, 0, 0));
+    assert_eq!(h.run(obs::TO_ENDPOINT, &unreach).0, 0);
+    let echo6 = ipv6(peer6, pod6, &[], 58, &icmp(128, 0, 5, 1));
+    assert_eq!(h.run(obs::TO_ENDPOINT, &echo6).0, DROP);
+    assert_eq!(h.stat(stat::POLICY_DENIED), 1);
+}

@@ -749,6 +749,21 @@ fn ip_key(addr: &[u32; 4], fam: u8) -> IpKey {
     }
 }
 
+/// ICMP that the network itself needs and that opens no connection: IPv6
+/// neighbour discovery and multicast listener messages (without them an
+/// isolated IPv6 pod cannot even answer), and errors about a connection
+/// (unreachable, too big, time exceeded, parameter problem), which the
+/// kernel delivers only to the socket they concern. Never policed, as
+/// NetworkPolicy (L3/L4 allow rules) does not mean to filter them.
+#[inline(always)]
+fn icmp_infrastructure(pkt: &Packet) -> bool {
+    match pkt.proto {
+        IPPROTO_ICMPV6 => matches!(pkt.icmp_type, 1..=4 | 130..=137 | 143),
+        IPPROTO_ICMP => matches!(pkt.icmp_type, 3 | 11 | 12),
+        _ => false,
+    }
+}
+
 /// The policy verdict for the forward direction of a new connection at
 /// this endpoint, and its attribution id.
 ///
@@ -776,7 +791,9 @@ fn decide(ifindex: u32, pkt: &Packet, obs_point: u8) -> (u8, u32) {
             &pkt.src,
         )
     };
-    if enforced == 0 || pkt.flags & (flag::FRAGMENT | flag::NO_L4) == flag::FRAGMENT | flag::NO_L4
+    if enforced == 0
+        || pkt.flags & (flag::FRAGMENT | flag::NO_L4) == flag::FRAGMENT | flag::NO_L4
+        || icmp_infrastructure(pkt)
     {
         return (ALLOW, 0);
     }
