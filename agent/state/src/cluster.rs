@@ -1,6 +1,6 @@
-//! The cluster model: namespaces and pods from the desired state, endpoints
-//! from weir-cni, and what is derived from them (labels in Hubble's form,
-//! security identities, the IP enrichment index).
+//! The cluster model: namespaces, pods and network policies from the desired
+//! state, endpoints from weir-cni, and what is derived from them (labels in
+//! Hubble's form, security identities, the IP enrichment index).
 //!
 //! Derived facts are recomputed when the inputs change, not when the index is
 //! read, so [`ClusterState::endpoint_index`] only copies shared pointers into
@@ -15,7 +15,9 @@ use crate::identity::{
     CLUSTER_LOCAL_MIN, IDENTITY_HOST, IDENTITY_INIT, IDENTITY_UNKNOWN, IdentityAllocator,
 };
 use crate::index::{EndpointIndex, EndpointMeta};
-use crate::model::{Endpoint, Kind, Labels, NAMESPACE_NAME_LABEL, Namespace, Object, Pod};
+use crate::model::{
+    Endpoint, Kind, Labels, NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Object, Pod,
+};
 
 /// Prefix of every label in Hubble's form for Kubernetes-sourced labels.
 pub const LABEL_SOURCE_K8S: &str = "k8s:";
@@ -99,12 +101,16 @@ pub struct StateCounts {
 
 type PodKey = (String, String);
 type EndpointKey = (String, String);
+type PolicyKey = (String, String);
 
-/// Namespaces, pods and local endpoints, with derived labels and identities.
+/// Namespaces, pods, network policies and local endpoints, with derived
+/// labels and identities.
 #[derive(Debug)]
 pub struct ClusterState {
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<PodKey, Pod>,
+    /// Shared with the manifests snapshot and the policy compiler's input.
+    policies: BTreeMap<PolicyKey, Arc<NetworkPolicy>>,
     endpoints: BTreeMap<EndpointKey, Endpoint>,
     next_endpoint_id: u64,
     identities: IdentityAllocator,
@@ -129,6 +135,7 @@ impl ClusterState {
         Self {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
+            policies: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             next_endpoint_id: 1,
             identities: IdentityAllocator::new(),
@@ -138,11 +145,13 @@ impl ClusterState {
         }
     }
 
-    /// Replaces the desired state (all namespaces and pods) with `objects`.
-    /// Returns whether anything changed. A later duplicate of a key wins.
+    /// Replaces the desired state (all namespaces, pods and network
+    /// policies) with `objects`. Returns whether anything changed. A later
+    /// duplicate of a key wins.
     pub fn set_manifests(&mut self, objects: impl IntoIterator<Item = Object>) -> bool {
         let mut namespaces = BTreeMap::new();
         let mut pods = BTreeMap::new();
+        let mut policies = BTreeMap::new();
         for object in objects {
             match object {
                 Object::Namespace(ns) => {
@@ -151,14 +160,23 @@ impl ClusterState {
                 Object::Pod(pod) => {
                     pods.insert((pod.namespace.clone(), pod.name.clone()), pod);
                 }
+                Object::NetworkPolicy(np) => {
+                    policies.insert((np.namespace.clone(), np.name.clone()), np);
+                }
             }
         }
-        if namespaces == self.namespaces && pods == self.pods {
+        let labels_same = namespaces == self.namespaces && pods == self.pods;
+        if labels_same && policies == self.policies {
             return false;
         }
-        self.namespaces = namespaces;
-        self.pods = pods;
-        self.refresh_all();
+        self.policies = policies;
+        // Policies derive nothing here: identities are recomputed only when
+        // namespaces or pods changed.
+        if !labels_same {
+            self.namespaces = namespaces;
+            self.pods = pods;
+            self.refresh_all();
+        }
         true
     }
 
@@ -219,6 +237,16 @@ impl ClusterState {
         self.pods.get(&(namespace.to_owned(), name.to_owned()))
     }
 
+    /// Network policies of the desired state, ordered by namespace and name.
+    pub fn policies(&self) -> impl ExactSizeIterator<Item = &Arc<NetworkPolicy>> {
+        self.policies.values()
+    }
+
+    /// One network policy.
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<&Arc<NetworkPolicy>> {
+        self.policies.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
     /// What flows say about a pod (endpoint id 0, node from the pod object).
     pub fn pod_meta(&self, namespace: &str, name: &str) -> Option<&Arc<EndpointMeta>> {
         self.pod_meta.get(&(namespace.to_owned(), name.to_owned()))
@@ -234,6 +262,7 @@ impl ClusterState {
         let mut objects = BTreeMap::new();
         objects.insert(Kind::Namespace, self.namespaces.len());
         objects.insert(Kind::Pod, self.pods.len());
+        objects.insert(Kind::NetworkPolicy, self.policies.len());
         StateCounts {
             objects,
             endpoints: self.endpoints.len(),

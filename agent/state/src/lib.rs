@@ -1,10 +1,10 @@
-//! Weir's cluster model: namespaces, pods, endpoints and their identities,
-//! and the manifests-directory source that feeds it.
+//! Weir's cluster model: namespaces, pods, network policies, endpoints and
+//! their identities, and the manifests-directory source that feeds it.
 //!
 //! Pure: no aya, no sockets. The datapath never sees these types; the agent
 //! turns them into map entries and enrichment indexes.
 //!
-//! - [`model`]: the objects (Namespace, Pod, Endpoint) and their keys.
+//! - [`model`]: the objects (Namespace, Pod, NetworkPolicy, Endpoint) and their keys.
 //! - [`identity`]: label set -> security identity numbers.
 //! - [`cluster`]: [`ClusterState`], the one model, and the labels in Hubble's form.
 //! - [`index`]: [`EndpointIndex`], the IP -> metadata map flows are enriched from.
@@ -24,6 +24,6 @@ pub use manifests::{
     SyncStatus, WatchOptions, load_dir,
 };
 pub use model::{
-    ContainerPort, Endpoint, Kind, Labels, Namespace, Object, ObjectKey, OwnerReference, Pod,
-    Protocol,
+    ContainerPort, Endpoint, Kind, Labels, Namespace, NetworkPolicy, Object, ObjectKey,
+    OwnerReference, Pod, Protocol,
 };

@@ -5,7 +5,10 @@
 //! ([`crate::manifests`]); derived facts (labels in Hubble's form, identities)
 //! are computed by [`crate::ClusterState`].
 //!
-//! Adding a kind (NetworkPolicy, Service, EndpointSlice, Node): add its struct
+//! NetworkPolicy is weir-policy's type (parsed and validated there, so the
+//! compiler and the sources agree on what a valid policy is).
+//!
+//! Adding a kind (Service, EndpointSlice, Node): add its struct
 //! here, a [`Kind`] variant, an [`Object`] variant and the arms of the
 //! `match`es on them (the compiler lists every place), then its parser in
 //! `manifests::parse`.
@@ -13,9 +16,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use weir_localapi::EndpointRegistration;
+pub use weir_policy::NetworkPolicy;
 
 /// Namespace used when a namespaced object does not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -32,17 +37,19 @@ pub type Labels = BTreeMap<String, String>;
 pub enum Kind {
     Namespace,
     Pod,
+    NetworkPolicy,
 }
 
 impl Kind {
     /// Every kind, in a fixed order (for per-kind counters).
-    pub const ALL: [Kind; 2] = [Kind::Namespace, Kind::Pod];
+    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
 
     /// The Kubernetes kind name.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
@@ -50,7 +57,7 @@ impl Kind {
     pub fn is_namespaced(self) -> bool {
         match self {
             Kind::Namespace => false,
-            Kind::Pod => true,
+            Kind::Pod | Kind::NetworkPolicy => true,
         }
     }
 }
@@ -89,56 +96,8 @@ pub struct Namespace {
     pub annotations: Labels,
 }
 
-/// L4 protocol of a container port.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub enum Protocol {
-    /// Kubernetes' default when `protocol` is omitted.
-    #[default]
-    #[serde(rename = "TCP")]
-    Tcp,
-    #[serde(rename = "UDP")]
-    Udp,
-    #[serde(rename = "SCTP")]
-    Sctp,
-}
-
-impl Protocol {
-    /// The Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        }
-    }
-
-    /// Parses the Kubernetes spelling; like the API server, case-sensitive.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    /// IANA protocol number (as in IP headers and the datapath's keys).
-    pub fn ip_proto(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// L4 protocol of a container port (the same type NetworkPolicy ports use).
+pub use weir_policy::Protocol;
 
 /// One `spec.containers[].ports[]` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,12 +177,23 @@ impl Namespace {
     }
 }
 
+/// The key of a network policy.
+pub fn network_policy_key(policy: &NetworkPolicy) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::NetworkPolicy,
+        namespace: policy.namespace.clone(),
+        name: policy.name.clone(),
+    }
+}
+
 /// One object of the desired state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
+    /// Shared: the policy compiler and every snapshot hold the same one.
+    NetworkPolicy(Arc<NetworkPolicy>),
 }
 
 impl Object {
@@ -232,6 +202,7 @@ impl Object {
         match self {
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
     }
 
@@ -240,6 +211,7 @@ impl Object {
         match self {
             Object::Namespace(ns) => ns.key(),
             Object::Pod(pod) => pod.key(),
+            Object::NetworkPolicy(np) => network_policy_key(np),
         }
     }
 }

@@ -108,7 +108,7 @@ pub fn cluster(n: u32) -> (ClusterState, EndpointIndex) {
         .iter()
         .filter_map(|o| match o {
             Object::Pod(p) => Some((p.namespace.clone(), p.name.clone(), p.pod_ips.clone())),
-            Object::Namespace(_) => None,
+            _ => None,
         })
         .collect();
     let mut state = ClusterState::new();
@@ -208,6 +208,8 @@ pub fn events(n_endpoints: u32) -> Vec<FlowEvent> {
                 drop_reason: if dropped { 133 } else { 0 },
                 flags: if n % 5 == 0 { flag::REPLY } else { 0 },
                 tcp_flags_seen: [tcp::SYN | tcp::ACK, tcp::SYN | tcp::ACK],
+                policy_attr: 0,
+                _pad: [0; 4],
             }
         })
         .collect()

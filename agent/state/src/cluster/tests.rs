@@ -330,3 +330,54 @@ fn index_of_5000_pods() {
     assert_eq!(m.pod_name, "pod-4999");
     assert!(m.identity <= CLUSTER_LOCAL_MAX);
 }
+
+fn network_policy(ns: &str, name: &str, app: &str) -> Object {
+    let v = serde_json::json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": {"matchLabels": {"app": app}}}
+    });
+    Object::NetworkPolicy(std::sync::Arc::new(
+        weir_policy::NetworkPolicy::from_value(&v).unwrap(),
+    ))
+}
+
+#[test]
+fn network_policies() {
+    let mut st = ClusterState::new();
+    let base = vec![
+        namespace("shop", &[]),
+        Object::Pod(pod("shop", "w", &[("app", "web")], &["10.0.0.1"])),
+        network_policy("shop", "web", "web"),
+        network_policy("default", "all", "x"),
+    ];
+    assert!(st.set_manifests(base.clone()));
+    let id = st.pod_meta("shop", "w").unwrap().identity;
+    let names: Vec<String> = st.policies().map(|p| p.key()).collect();
+    assert_eq!(
+        names,
+        ["default/all", "shop/web"],
+        "ordered by namespace and name"
+    );
+    assert_eq!(st.policy("shop", "web").unwrap().name, "web");
+    assert!(st.policy("shop", "nope").is_none());
+    assert_eq!(st.counts().objects[&Kind::NetworkPolicy], 2);
+
+    assert!(!st.set_manifests(base.clone()), "no change");
+    let mut changed = base.clone();
+    changed[3] = network_policy("default", "all", "y");
+    assert!(st.set_manifests(changed), "a policy change is a change");
+    assert_eq!(
+        st.policy("default", "all")
+            .unwrap()
+            .pod_selector
+            .match_labels["app"],
+        "y"
+    );
+    assert_eq!(
+        st.pod_meta("shop", "w").unwrap().identity,
+        id,
+        "identities are untouched by policy changes"
+    );
+    assert!(st.set_manifests(base[..2].to_vec()));
+    assert_eq!(st.policies().len(), 0);
+}

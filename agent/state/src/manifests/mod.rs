@@ -224,7 +224,10 @@ fn parse_text(file: &Path, text: &str) -> Result<Vec<Value>, ManifestError> {
                 message: format!("invalid JSON: {e}"),
             })
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| {
+        // YAML 1.2 booleans only: `namespace: y` or `name: on` are strings,
+        // as a manifest author means them (YAML 1.1 would make them booleans).
+        let options = serde_saphyr::options! { strict_booleans: true };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
             let e = e.without_snippet();
             ManifestError::Syntax {
                 file: file.to_path_buf(),

@@ -5,10 +5,12 @@
 //! unknown fields, which real manifests are full of, are simply ignored.
 //!
 //! Adding a kind: a `parse_*` function returning the object, and its
-//! `(apiVersion, kind)` arm in [`parse_document`].
+//! `(apiVersion, kind)` arm in [`parse_document`]. NetworkPolicy is parsed
+//! and validated by weir-policy; its errors keep this module's shape.
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -206,23 +208,14 @@ fn parse_any(
         }
     }
     match (api_version, kind) {
-        ("v1", "List" | "PodList" | "NamespaceList") if allow_list => {
-            let items = match opt_list(obj, "items", "") {
-                Ok(items) => items,
-                Err(e) => {
-                    out.errors.push(invalid(kind.to_owned(), e));
-                    return;
-                }
-            };
-            for (i, item) in items.iter().enumerate() {
-                let position = Position {
-                    document: position.document,
-                    item: Some(i + 1),
-                };
-                parse_any(file, position, item, false, out);
-            }
+        ("v1", "List" | "PodList" | "NamespaceList")
+        | (weir_policy::spec::API_VERSION, "NetworkPolicyList")
+            if allow_list =>
+        {
+            parse_list(file, position, obj, kind, out, &invalid);
         }
-        ("v1", "List" | "PodList" | "NamespaceList") => {
+        ("v1", "List" | "PodList" | "NamespaceList")
+        | (weir_policy::spec::API_VERSION, "NetworkPolicyList") => {
             out.errors.push(invalid(
                 kind.to_owned(),
                 err("kind", "a List item cannot itself be a List"),
@@ -237,8 +230,49 @@ fn parse_any(
             &invalid,
         ),
         ("v1", "Pod") => finish(out, position, Kind::Pod, obj, parse_pod(obj), &invalid),
+        (weir_policy::spec::API_VERSION, "NetworkPolicy") => finish(
+            out,
+            position,
+            Kind::NetworkPolicy,
+            obj,
+            parse_network_policy(value),
+            &invalid,
+        ),
         _ => out.skipped.push(format!("{api_version} {kind}")),
     }
+}
+
+/// The items of a `List` (each parsed as a document of its own, not a list).
+fn parse_list(
+    file: &Path,
+    position: Position,
+    obj: &Map<String, Value>,
+    kind: &str,
+    out: &mut DocOutput,
+    invalid: &dyn Fn(String, FieldError) -> ManifestError,
+) {
+    let items = match opt_list(obj, "items", "") {
+        Ok(items) => items,
+        Err(e) => {
+            out.errors.push(invalid(kind.to_owned(), e));
+            return;
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        let position = Position {
+            document: position.document,
+            item: Some(i + 1),
+        };
+        parse_any(file, position, item, false, out);
+    }
+}
+
+/// A NetworkPolicy, parsed and validated by weir-policy (the compiler's own
+/// rules, so that what the source accepts the compiler can compile).
+fn parse_network_policy(value: &Value) -> Result<Object, FieldError> {
+    weir_policy::NetworkPolicy::from_value(value)
+        .map(|p| Object::NetworkPolicy(Arc::new(p)))
+        .map_err(|e| err(e.field(), e.problem()))
 }
 
 fn finish(
@@ -294,7 +328,7 @@ fn object_name(obj: &Map<String, Value>, kind: &str) -> String {
         .unwrap_or("<unnamed>");
     match kind {
         "Namespace" => format!("{kind} {name}"),
-        "Pod" => format!("{kind} {}/{name}", namespace_of(obj)),
+        "Pod" | "NetworkPolicy" => format!("{kind} {}/{name}", namespace_of(obj)),
         _ => format!("{kind} {name}"),
     }
 }

@@ -598,3 +598,173 @@ fn last_good_version_is_kept() {
     assert_eq!(s9.objects, s8.objects);
     assert_eq!(s9.status.last_success, last);
 }
+
+const POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: web}
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {team: payments}}
+          podSelector: {matchExpressions: [{key: app, operator: In, values: [api]}]}
+        - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+      ports:
+        - port: 80
+        - {protocol: UDP, port: dns}
+        - {port: 8000, endPort: 8080}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicyList
+items:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: deny-all, namespace: shop}
+    spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"#;
+
+fn served_policy<'a>(
+    s: &'a Snapshot,
+    ns: &str,
+    name: &str,
+) -> Option<&'a weir_policy::NetworkPolicy> {
+    let key = ObjectKey {
+        kind: Kind::NetworkPolicy,
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    match s.get(&key) {
+        Some(Object::NetworkPolicy(p)) => Some(p),
+        _ => None,
+    }
+}
+
+#[test]
+fn network_policies_are_parsed() {
+    let d = Dir::new();
+    d.write("policies.yaml", POLICIES);
+    let r = d.load();
+    assert!(r.errors.is_empty(), "{:?}", error_texts(&r));
+    assert_eq!(r.objects.len(), 2);
+    let Object::NetworkPolicy(web) = &r.objects[0].object else {
+        panic!("{:?}", r.objects[0]);
+    };
+    assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web"));
+    assert_eq!(web.pod_selector.match_labels["app"], "web");
+    assert!(web.ingress_type && !web.egress_type);
+    assert_eq!(web.ingress[0].peers.len(), 2);
+    assert_eq!(web.ingress[0].ports.len(), 3);
+    assert_eq!(web.ingress[0].ports[2].end_port, Some(8080));
+    let deny = &r.objects[1];
+    assert_eq!(
+        deny.position,
+        Position {
+            document: 2,
+            item: Some(1)
+        }
+    );
+    assert_eq!(
+        deny.object.key(),
+        ObjectKey {
+            kind: Kind::NetworkPolicy,
+            namespace: "shop".into(),
+            name: "deny-all".into()
+        }
+    );
+    assert_eq!(deny.object.key().to_string(), "NetworkPolicy shop/deny-all");
+    // Serializable like every object (the kind is the tag).
+    let v = serde_json::to_value(&deny.object).unwrap();
+    assert_eq!(v["kind"], "NetworkPolicy");
+    let back: Object = serde_json::from_value(v).unwrap();
+    assert_eq!(back, deny.object);
+}
+
+#[test]
+fn invalid_network_policies_name_file_object_and_field() {
+    let policy = |spec: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np, namespace: x}}\nspec:\n{spec}"
+        )
+    };
+    let cases: &[(String, &str)] = &[
+        (
+            policy(
+                "  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/16]}\n",
+            ),
+            "field spec.egress[0].to[0].ipBlock.except[0]: 10.1.0.0/16 is not inside cidr 10.0.0.0/16",
+        ),
+        (
+            policy("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/40}\n"),
+            "field spec.ingress[0].from[0].ipBlock.cidr: \"10.0.0.0/40\": must be a valid CIDR",
+        ),
+        (
+            policy("  ingress:\n  - ports:\n    - {protocol: ICMP, port: 1}\n"),
+            "field spec.ingress[0].ports[0].protocol: \"ICMP\": supported values",
+        ),
+        (
+            policy("  podSelector:\n    matchExpressions: [{key: app, operator: In}]\n"),
+            "field spec.podSelector.matchExpressions[0].values: must be specified",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = only_error("np.yaml", text);
+        assert!(
+            got.starts_with("np.yaml: document 1 (NetworkPolicy x/np): "),
+            "{got}"
+        );
+        assert!(got.contains(want), "{got}\nshould contain: {want}");
+    }
+}
+
+#[test]
+fn invalid_policy_keeps_its_last_good_version_and_others_stay() {
+    let d = Dir::new();
+    let mut src = ManifestSource::new(d.0.path());
+    let two = |web_cidr: &str, other_port: u16| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web, namespace: x}}\n\
+             spec:\n  egress:\n  - to:\n    - ipBlock: {{cidr: \"{web_cidr}\"}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: other, namespace: x}}\n\
+             spec:\n  ingress:\n  - ports:\n    - port: {other_port}\n"
+        )
+    };
+    d.write("np.yaml", &two("10.0.0.0/8", 80));
+    let s1 = src.reload();
+    assert!(s1.errors.is_empty(), "{:?}", s1.errors);
+    assert_eq!(s1.status.objects[&Kind::NetworkPolicy], 2);
+
+    d.write("np.yaml", &two("10.0.0.0/99", 81));
+    let s2 = src.reload();
+    assert_eq!(s2.errors.len(), 1);
+    assert!(
+        s2.errors[0]
+            .to_string()
+            .contains("(NetworkPolicy x/web): field spec.egress[0].to[0].ipBlock.cidr"),
+        "{}",
+        s2.errors[0]
+    );
+    let web = served_policy(&s2, "x", "web").expect("last good version kept");
+    let weir_policy::Peer::IpBlock(b) = &web.egress[0].peers[0] else {
+        panic!("{web:?}");
+    };
+    assert_eq!(b.cidr.to_string(), "10.0.0.0/8");
+    assert_eq!(
+        served_policy(&s2, "x", "other").unwrap().ingress[0].ports[0].port,
+        Some(weir_policy::PortValue::Number(81)),
+        "the other policy takes its update"
+    );
+    assert_eq!(s2.status.errors_total, 1);
+
+    d.write("np.yaml", &two("172.16.0.0/12", 81));
+    let s3 = src.reload();
+    assert!(s3.errors.is_empty());
+    let weir_policy::Peer::IpBlock(b) = &served_policy(&s3, "x", "web").unwrap().egress[0].peers[0]
+    else {
+        panic!();
+    };
+    assert_eq!(b.cidr.to_string(), "172.16.0.0/12");
+}
