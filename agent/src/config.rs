@@ -100,6 +100,7 @@ pub struct Config {
     pub flow_api: FlowApiConfig,
     pub otel: OtelSection,
     pub datapath: DatapathConfig,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
 }
 
@@ -467,6 +468,31 @@ pub struct DatapathConfig {
     pub conntrack_entries: u32,
 }
 
+/// `policy:` section: NetworkPolicy enforcement.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Audit every namespace: would-be drops pass with verdict AUDIT
+    /// (per namespace: annotation `policy.weir.dev/audit: "true"`). Default: false.
+    pub audit: bool,
+    /// Ingress from the local node (kubelet probes, host processes) is
+    /// always allowed, as Cilium does by default. Default: true.
+    pub allow_host_ingress: bool,
+    /// Size of the policy rule map (LPM trie entries, allocated as used).
+    /// Default: 262144.
+    pub map_entries: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            audit: false,
+            allow_host_ingress: true,
+            map_entries: weir_common::defaults::POLICY_ENTRIES,
+        }
+    }
+}
+
 /// `log:` section.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -491,6 +517,7 @@ impl Default for Config {
             flow_api: FlowApiConfig::default(),
             otel: OtelSection::default(),
             datapath: DatapathConfig::default(),
+            policy: PolicyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -660,6 +687,12 @@ impl Config {
                 ),
             ));
         }
+        if !(1024..=16 << 20).contains(&self.policy.map_entries) {
+            return Err(ConfigError::invalid(
+                "policy.mapEntries",
+                format!("{} is outside 1024..=16777216", self.policy.map_entries),
+            ));
+        }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError::invalid(
                 "log.level",
@@ -819,6 +852,7 @@ mod tests {
             ("flowApi: {socketMode: \"0999\"}", "flowApi.socketMode"),
             ("flowApi: {socketMode: \"0666\"}", "flowApi.socketMode"),
             ("flowApi: {address: \"0.0.0.0:4244\"}", "flowApi.address"),
+            ("policy: {mapEntries: 10}", "policy.mapEntries"),
             (
                 "flowApi: {address: \"nowhere\", insecure: true}",
                 "flowApi.address",

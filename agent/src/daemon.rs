@@ -48,6 +48,10 @@ pub struct Shared {
     attach_mode: &'static str,
     /// The Hubble-compatible flow API (off unless configured or enabled).
     pub flow_api: crate::flowapi::FlowApi,
+    /// NetworkPolicy compiler state; taken after `state`, before `datapath`.
+    policy: Mutex<crate::policy::PolicyController>,
+    /// Attribution ids -> policies, for the decoder.
+    attribution: Arc<weir_flows::Attribution>,
 }
 
 impl Shared {
@@ -191,6 +195,9 @@ impl Shared {
         true
     }
 
+    /// Publishes a new enrichment index and brings the policy maps in step
+    /// with the model: called after every change of the model, and before
+    /// a new endpoint's programs are attached.
     fn rebuild_index(&self) {
         let index = self
             .state
@@ -198,6 +205,45 @@ impl Shared {
             .expect("state lock")
             .endpoint_index(&self.node_name);
         *self.index.write().expect("index lock") = Arc::new(index);
+        self.sync_policy();
+    }
+
+    /// Compiles the model's policies and writes what changed.
+    fn sync_policy(&self) {
+        let index = self.current_index();
+        let mut ctl = self.policy.lock().expect("policy lock");
+        let input = {
+            let state = self.state.lock().expect("state lock");
+            crate::policy::input_from_state(
+                &state,
+                &index,
+                crate::policy::local_addresses(),
+                ctl.options(),
+            )
+        };
+        let report = {
+            let mut dp = self.datapath.lock().expect("datapath lock");
+            ctl.sync(&input, dp.policy_maps())
+        };
+        let m = &self.metrics;
+        m.policy_rules.set(report.rules as i64);
+        m.policy_endpoints.set(report.endpoints as i64);
+        m.policy_policies.set(report.policies as i64);
+        m.policy_generation.set(i64::from(report.generation));
+        if report.changes > 0 {
+            m.policy_syncs.inc();
+            m.policy_sync_duration.set(report.elapsed.as_secs_f64());
+        }
+        m.policy_map_write_errors
+            .inc_by(report.failed_writes as u64);
+    }
+
+    /// Retries a policy sync whose map writes failed.
+    fn retry_policy_sync(&self) {
+        let pending = self.policy.lock().expect("policy lock").needs_rewrite();
+        if pending {
+            self.sync_policy();
+        }
     }
 
     fn current_index(&self) -> Arc<EndpointIndex> {
@@ -304,7 +350,7 @@ async fn run_async(
         },
         ring_bytes: c.datapath.ring_buffer_bytes,
         conntrack_entries: c.datapath.conntrack_entries,
-        ..DatapathOptions::default()
+        policy_entries: c.policy.map_entries,
     };
     let load_started = Instant::now();
     let mut datapath = Datapath::load(&opts).context("loading the eBPF datapath")?;
@@ -352,6 +398,7 @@ async fn run_async(
     metrics
         .conntrack_capacity
         .set(i64::from(c.datapath.conntrack_entries));
+    let attribution = weir_flows::Attribution::new();
     let store =
         FlowStore::with_capacity(c.flows.ring_capacity).context("option flows.ringCapacity")?;
     metrics.flow_ring_capacity.set(store.capacity() as i64);
@@ -392,6 +439,14 @@ async fn run_async(
             kernel_lost: AtomicU64::new(0),
             metrics_addr,
             attach_mode,
+            policy: Mutex::new(crate::policy::PolicyController::new(
+                weir_policy::Options {
+                    audit_all: c.policy.audit,
+                    allow_host_ingress: c.policy.allow_host_ingress,
+                },
+                Arc::clone(&attribution),
+            )),
+            attribution,
         }
     });
 
@@ -742,6 +797,7 @@ async fn read_events(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut decoder = weir_flows::decode::Decoder::new(&shared.node_name);
+    decoder.set_attribution(Arc::clone(&shared.attribution));
     loop {
         let index = shared.current_index();
         let store = &shared.store;
@@ -783,6 +839,7 @@ async fn poll_datapath(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> 
             drop(dp);
             if every5 {
                 s.collect_garbage();
+                s.retry_policy_sync();
             }
             (counters, ct)
         })
@@ -827,9 +884,12 @@ fn observe_datapath(m: &Metrics, c: &weir_datapath::Counters) {
         .set_total(c.stats[stat::CT_CREATED as usize]);
     m.conntrack_insert_failures
         .set_total(c.stats[stat::CT_INSERT_FAILED as usize]);
-    // Policy, the first drop reason, comes later; until then the kernel's
-    // one total keeps the family present and honest.
-    m.set_drops_total("all", c.stats[stat::DROPPED as usize]);
+    // Policy is the only reason the programs drop for.
+    m.set_drops_total("POLICY_DENIED", c.stats[stat::POLICY_DENIED as usize]);
+    m.policy_audited
+        .set_total(c.stats[stat::POLICY_AUDITED as usize]);
+    m.policy_lookups
+        .set_total(c.stats[stat::POLICY_LOOKUPS as usize]);
     m.set_lost_events_total(
         weir_flows::metrics::LostSource::KernelRingBuffer,
         c.stats[stat::EVENTS_LOST as usize],

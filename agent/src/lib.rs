@@ -11,4 +11,5 @@ pub mod flowapi;
 pub mod metrics_http;
 pub mod netns;
 pub mod observe;
+pub mod policy;
 pub mod server;

@@ -161,6 +161,24 @@ pub struct Metrics {
 
     /// weir_endpoints
     pub endpoints: IntGauge,
+    /// weir_policy_audited_total
+    pub policy_audited: CumulativeCounter,
+    /// weir_policy_lookups_total
+    pub policy_lookups: CumulativeCounter,
+    /// weir_policy_rules
+    pub policy_rules: IntGauge,
+    /// weir_policy_endpoints
+    pub policy_endpoints: IntGauge,
+    /// weir_policy_policies
+    pub policy_policies: IntGauge,
+    /// weir_policy_generation
+    pub policy_generation: IntGauge,
+    /// weir_policy_sync_duration_seconds (of the last sync)
+    pub policy_sync_duration: Gauge,
+    /// weir_policy_syncs_total
+    pub policy_syncs: IntCounter,
+    /// weir_policy_map_write_errors_total
+    pub policy_map_write_errors: IntCounter,
     datapath_info: IntGaugeVec,
     state_objects: IntGaugeVec,
     /// weir_state_sync_errors_total
@@ -476,6 +494,80 @@ impl Metrics {
                 "weir_flow_log_write_errors_total",
                 "Failed writes to the flow log (each loses its lines).",
             )?,
+            policy_audited: cumulative(
+                r,
+                "weir_policy_audited_total",
+                "Packets policy would have dropped, passed because their endpoint is in audit mode.",
+            )?,
+            policy_lookups: cumulative(
+                r,
+                "weir_policy_lookups_total",
+                "Policy verdicts looked up in the datapath (new connections and re-checks after a policy change).",
+            )?,
+            policy_rules: gauge(r, "weir_policy_rules", "Entries in the policy rule map.")?,
+            policy_endpoints: gauge(
+                r,
+                "weir_policy_endpoints",
+                "Endpoints with policy state in the datapath.",
+            )?,
+            policy_policies: gauge(
+                r,
+                "weir_policy_policies",
+                "NetworkPolicies compiled into the datapath.",
+            )?,
+            policy_generation: gauge(
+                r,
+                "weir_policy_generation",
+                "Policy generation the datapath runs (bumped on every change of the policy maps).",
+            )?,
+            policy_sync_duration: {
+                let g = Gauge::new(
+                    "weir_policy_sync_duration_seconds",
+                    "Time the last policy sync took to compile and write the maps.",
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "weir_policy_sync_duration_seconds",
+                    source,
+                })?;
+                r.register(Box::new(g.clone()))
+                    .map_err(|source| MetricsError::Register {
+                        name: "weir_policy_sync_duration_seconds",
+                        source,
+                    })?;
+                g
+            },
+            policy_syncs: {
+                let c = IntCounter::new(
+                    "weir_policy_syncs_total",
+                    "Policy syncs that changed the datapath's maps.",
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "weir_policy_syncs_total",
+                    source,
+                })?;
+                r.register(Box::new(c.clone()))
+                    .map_err(|source| MetricsError::Register {
+                        name: "weir_policy_syncs_total",
+                        source,
+                    })?;
+                c
+            },
+            policy_map_write_errors: {
+                let c = IntCounter::new(
+                    "weir_policy_map_write_errors_total",
+                    "Policy map writes the kernel refused (the next sync writes every entry again).",
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "weir_policy_map_write_errors_total",
+                    source,
+                })?;
+                r.register(Box::new(c.clone()))
+                    .map_err(|source| MetricsError::Register {
+                        name: "weir_policy_map_write_errors_total",
+                        source,
+                    })?;
+                c
+            },
             endpoints: gauge(
                 r,
                 "weir_endpoints",
