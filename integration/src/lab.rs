@@ -22,6 +22,7 @@ use serde_json::Value;
 use weir_localapi::{Client, ClientError, Status};
 
 use crate::agent::{Agent, AgentConfig, AgentError, AgentStdout, FlowLog};
+use crate::cgroup::{self, CgroupError};
 use crate::cni::{self, CniError, Plugin};
 use crate::manifests::{self, ManifestError};
 use crate::netns::{self, NetnsError};
@@ -53,6 +54,9 @@ pub enum LabError {
     /// A spec, a placeholder or a probe is invalid (names the field).
     #[error(transparent)]
     Spec(#[from] ScenarioError),
+    /// A hostNetwork pod's cgroup could not be made or removed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     /// The agent's local API failed.
     #[error(transparent)]
     Api(#[from] ClientError),
@@ -82,6 +86,16 @@ pub enum LabError {
     /// A probe destination cannot be resolved to an address.
     #[error("probe to {to:?}: {message}")]
     Target { to: String, message: String },
+    /// The `weir-lab probe` process of a hostNetwork pod's probe failed.
+    #[error("probe from {from} to {to}: {message}")]
+    ProbeProcess {
+        from: String,
+        to: String,
+        message: String,
+    },
+    /// A hostNetwork pod cannot be set up as asked.
+    #[error("hostNetwork pod {pod}: {message}")]
+    HostNetwork { pod: String, message: String },
     /// No flow log record matched within the time given.
     #[error("no matching flow in the flow log within {0:?}")]
     NoMatchingFlow(Duration),
@@ -138,9 +152,13 @@ pub struct LabOptions {
     pub aggregation: Option<String>,
     /// Pod CIDRs of the node (IPv4 and IPv6).
     pub pod_cidrs: Vec<String>,
+    /// The node's own addresses, on `lo` in the node namespace (default
+    /// 172.31.0.1 and fd00:172:31::1); the addresses of hostNetwork pods.
+    pub node_ips: Vec<IpAddr>,
     /// Default probe timeout (1 s).
     pub probe_timeout: Duration,
-    /// Probes in flight at once (128: a step of 72 denied probes takes one timeout).
+    /// Probes in flight at once (512: a step of 288 dropped probes, a 3x3
+    /// matrix on four ports, takes one timeout).
     pub probe_concurrency: usize,
     /// Pods set up at once (8).
     pub setup_concurrency: usize,
@@ -171,8 +189,12 @@ impl LabOptions {
             flow_log_format: "json".into(),
             aggregation: None,
             pod_cidrs: vec!["10.244.0.0/24".into(), "fd00:10:244::/112".into()],
+            node_ips: vec![
+                IpAddr::from([172, 31, 0, 1]),
+                IpAddr::from([0xfd00, 0x172, 0x31, 0, 0, 0, 0, 1]),
+            ],
             probe_timeout: probe::DEFAULT_TIMEOUT,
-            probe_concurrency: 128,
+            probe_concurrency: 512,
             setup_concurrency: 8,
             settle: Duration::from_secs(1),
             agent_ready_timeout: Duration::from_secs(60),
@@ -202,7 +224,10 @@ enum Servers {
 struct Pod {
     spec: PodSpec,
     uid: String,
+    /// Its network namespace: the node's for a hostNetwork pod.
     netns: String,
+    /// A hostNetwork pod's cgroup directory (recorded; created in set-up).
+    cgroup: Option<PathBuf>,
     container_id: String,
     /// CNI ADD was attempted: DEL is owed.
     added: bool,
@@ -215,8 +240,44 @@ impl Pod {
         netns::path(&self.netns)
     }
 
+    /// Where its processes run: inside its namespace, and for a hostNetwork
+    /// pod also inside its cgroup.
+    fn place(&self) -> Place {
+        Place {
+            netns: self.netns_path(),
+            cgroup: self.cgroup.clone(),
+        }
+    }
+
     fn call(&self) -> (String, PathBuf) {
         (self.container_id.clone(), self.netns_path())
+    }
+}
+
+/// Where a pod's processes run: the namespace to enter and, for a
+/// hostNetwork pod, the cgroup to join (between fork and exec).
+#[derive(Clone, Debug)]
+struct Place {
+    netns: PathBuf,
+    cgroup: Option<PathBuf>,
+}
+
+impl Place {
+    /// Makes `cmd` start inside this place.
+    fn apply(&self, cmd: &mut Command) -> Result<(), LabError> {
+        let fd = netns::open(&self.netns)?;
+        let procs = self.cgroup.as_deref().map(cgroup::open_procs).transpose()?;
+        // SAFETY: only setns(2) and write(2), both async-signal-safe, on
+        // descriptors that stay open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(p) = &procs {
+                    cgroup::enter_raw(p)?;
+                }
+                netns::setns_raw(&fd)
+            });
+        }
+        Ok(())
     }
 }
 
@@ -225,6 +286,8 @@ struct PodCtx {
     plugin: Plugin,
     manifests_dir: PathBuf,
     node_name: String,
+    /// The node's addresses (those of hostNetwork pods).
+    node_ips: Vec<IpAddr>,
     serve_bin: Option<PathBuf>,
     lab_dir: PathBuf,
     record: Arc<Mutex<RunRecord>>,
@@ -268,6 +331,10 @@ pub struct Lab {
     namespaces: BTreeMap<String, NamespaceSpec>,
     pods: BTreeMap<String, Pod>,
     next_pod: usize,
+    /// `weir-lab probe` processes of hostNetwork pods' probes at once.
+    host_probes: Arc<tokio::sync::Semaphore>,
+    /// The run's cgroup directory, once a hostNetwork pod needs it.
+    cgroup_dir: Option<PathBuf>,
     applied: Vec<Value>,
     ctx: Arc<PodCtx>,
     /// Set once everything is removed (or handed over by `keep`).
@@ -281,6 +348,27 @@ impl std::fmt::Debug for Lab {
             .field("dir", &self.dir)
             .field("pods", &self.pods.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+/// The link in the node namespace that carries the node's addresses (the
+/// kernel here has no dummy links; an address on `lo` is just as local).
+pub const NODE_LINK: &str = "lo";
+
+/// `weir-lab probe` processes (hostNetwork pods' probes) at once: each costs
+/// a process start and a few descriptors.
+const HOST_PROBE_PROCESSES: usize = 128;
+
+/// Raises this process's soft limit of open files to its hard limit: a step
+/// of several hundred concurrent probes holds a socket (and briefly a
+/// namespace descriptor) per probe. Best effort.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, soft, hard, "cannot raise the open files limit");
     }
 }
 
@@ -350,6 +438,7 @@ impl Lab {
             plugin,
             manifests_dir: manifests_dir.clone(),
             node_name: options.node_name.clone(),
+            node_ips: options.node_ips.clone(),
             serve_bin: options.serve_bin.clone(),
             lab_dir: dir.clone(),
             record: record.clone(),
@@ -369,6 +458,8 @@ impl Lab {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             next_pod: 0,
+            host_probes: Arc::new(tokio::sync::Semaphore::new(HOST_PROBE_PROCESSES)),
+            cgroup_dir: None,
             applied: Vec::new(),
             ctx,
             done: false,
@@ -390,6 +481,30 @@ impl Lab {
             netns::write_sysctl("net.ipv6.conf.all.forwarding", "1")
         })?
         .map_err(io_err("enable forwarding in the node namespace"))?;
+        // The node's own addresses: pods reach hostNetwork pods there, and
+        // the node's traffic to pods comes from there.
+        let node_ips = lab.options.node_ips.clone();
+        netns::run_in(&node_path, move || {
+            netns::add_addresses(NODE_LINK, &node_ips)
+        })?
+        .map_err(io_err("give the node namespace its addresses"))?;
+        // A node name that cannot be a file name gets no Node manifest
+        // rather than no lab: the agent does not need one today.
+        let node_name = &lab.options.node_name;
+        if !node_name.is_empty() && !node_name.contains('/') && !node_name.starts_with('.') {
+            manifests::write(
+                &lab.ctx.manifests_dir,
+                &manifests::node_file(node_name),
+                &[manifests::node(
+                    node_name,
+                    &lab.options.pod_cidrs,
+                    &lab.options.node_ips,
+                )],
+            )?;
+        } else {
+            tracing::warn!(%node_name, "no Node manifest: the node name is not a file name");
+        }
+        raise_open_files_limit();
 
         let cfg = AgentConfig {
             weir_bin: lab.options.weir_bin.clone(),
@@ -529,11 +644,32 @@ impl Lab {
                 }
                 .into());
             }
+            if spec.host_network {
+                let others = self.pods.values().chain(staged.iter()).map(|p| &p.spec);
+                self.check_host_pod(&spec, others)?;
+                let dir = match &self.cgroup_dir {
+                    Some(d) => d.clone(),
+                    None => cgroup::run_dir(&cgroup::mount_point()?, &self.run_id),
+                };
+                self.cgroup_dir = Some(dir.clone());
+                staged.push(Pod {
+                    container_id: String::new(),
+                    netns: self.node_netns.clone(),
+                    cgroup: Some(cgroup::pod_dir(&dir, &spec.namespace, &spec.name)),
+                    uid: uuid::Uuid::new_v4().to_string(),
+                    spec,
+                    added: false,
+                    ips: Vec::new(),
+                    servers: None,
+                });
+                continue;
+            }
             let netns = format!("{PREFIX}{}-p{}", self.run_id, self.next_pod);
             self.next_pod += 1;
             staged.push(Pod {
                 container_id: netns.clone(),
                 netns,
+                cgroup: None,
                 uid: uuid::Uuid::new_v4().to_string(),
                 spec,
                 added: false,
@@ -544,7 +680,20 @@ impl Lab {
         {
             // Recorded before they exist, so a crash never leaves one unlisted.
             let mut rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
-            rec.netns.extend(staged.iter().map(|p| p.netns.clone()));
+            for pod in &staged {
+                match &pod.cgroup {
+                    None => rec.netns.push(pod.netns.clone()),
+                    Some(dir) => {
+                        // The run's directory before the first pod's.
+                        if let Some(run_dir) = &self.cgroup_dir
+                            && !rec.cgroups.contains(run_dir)
+                        {
+                            rec.cgroups.push(run_dir.clone());
+                        }
+                        rec.cgroups.push(dir.clone());
+                    }
+                }
+            }
             rec.save()?;
         }
         let ctx = self.ctx.clone();
@@ -623,9 +772,66 @@ impl Lab {
             .collect()
     }
 
-    /// Path of the pod's network namespace.
+    /// Path of the pod's network namespace (the node's for a hostNetwork pod).
     pub fn pod_netns_path(&self, pod: &str) -> Option<PathBuf> {
         self.pods.get(pod).map(Pod::netns_path)
+    }
+
+    /// The cgroup v2 directory of a hostNetwork pod
+    /// (`<cgroup2 mount>/weirlab-<run_id>/<ns>-<pod>`); None for other pods.
+    pub fn pod_cgroup(&self, pod: &str) -> Option<&Path> {
+        self.pods.get(pod)?.cgroup.as_deref()
+    }
+
+    /// The node's own addresses (also those of hostNetwork pods).
+    pub fn node_ips(&self) -> &[IpAddr] {
+        &self.options.node_ips
+    }
+
+    /// Checks that a hostNetwork pod can be added next to `others`: its
+    /// processes need `weir-lab` (they must start inside its cgroup), and
+    /// hostNetwork pods share the node's ports.
+    fn check_host_pod<'a>(
+        &self,
+        spec: &PodSpec,
+        others: impl Iterator<Item = &'a PodSpec>,
+    ) -> Result<(), LabError> {
+        let err = |message: String| LabError::HostNetwork {
+            pod: spec.key(),
+            message,
+        };
+        if self.options.serve_bin.is_none() {
+            return Err(err(
+                "its servers and probes run as `weir-lab` processes inside its cgroup: \
+                 set LabOptions::serve_bin"
+                    .into(),
+            ));
+        }
+        if self.options.node_ips.is_empty() {
+            return Err(err(
+                "the node has no addresses (LabOptions::node_ips)".into()
+            ));
+        }
+        for other in others.filter(|o| o.host_network) {
+            if let Some(p) = spec.ports.iter().find(|p| {
+                other
+                    .ports
+                    .iter()
+                    .any(|q| q.port == p.port && q.protocol == p.protocol)
+            }) {
+                return Err(ScenarioError::Invalid {
+                    field: format!("pod {}.ports", spec.key()),
+                    message: format!(
+                        "{}/{} is already served by hostNetwork pod {} (hostNetwork pods share the node's ports)",
+                        p.port,
+                        p.protocol,
+                        other.key()
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the labels of a namespace (`target` = `ns`) or a pod
@@ -635,11 +841,47 @@ impl Lab {
         target: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<(), LabError> {
+        self.write_labels(target, labels)?;
+        self.settle().await;
+        Ok(())
+    }
+
+    /// Makes a step's desired state: first the complete new label sets of
+    /// pods (`ns/name`) and namespaces (`ns`), rewriting their manifests
+    /// (pods are not recreated: they keep their namespace and addresses),
+    /// then `apply` as [`Lab::apply`] does; then one settle if anything
+    /// changed. Returns whether anything changed.
+    pub async fn set_state(
+        &mut self,
+        labels: &BTreeMap<String, BTreeMap<String, String>>,
+        apply: &[Value],
+    ) -> Result<bool, LabError> {
+        let mut changed = false;
+        for (target, set) in labels {
+            changed |= self.write_labels(target, set.clone())?;
+        }
+        changed |= self.write_apply(apply)?;
+        if changed {
+            self.settle().await;
+        }
+        Ok(changed)
+    }
+
+    /// Replaces the labels of a pod or namespace and rewrites its manifest
+    /// if they differ; returns whether they did.
+    fn write_labels(
+        &mut self,
+        target: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<bool, LabError> {
         if split_pod_key(target).is_some() {
             let pod = self
                 .pods
                 .get_mut(target)
                 .ok_or_else(|| LabError::UnknownPod(target.to_string()))?;
+            if pod.spec.labels == labels {
+                return Ok(false);
+            }
             pod.spec.labels = labels;
             manifests::write(
                 &self.ctx.manifests_dir,
@@ -656,6 +898,9 @@ impl Lab {
                 .namespaces
                 .get_mut(target)
                 .ok_or_else(|| LabError::UnknownNamespace(target.to_string()))?;
+            if ns.labels == labels {
+                return Ok(false);
+            }
             ns.labels = labels;
             manifests::write(
                 &self.ctx.manifests_dir,
@@ -663,8 +908,7 @@ impl Lab {
                 &[manifests::namespace(ns)],
             )?;
         }
-        self.settle().await;
-        Ok(())
+        Ok(true)
     }
 
     /// Replaces placeholders (`${ip:ns/pod}` ...) in `docs`; errors name
@@ -684,14 +928,22 @@ impl Lab {
     /// Makes `manifests` (placeholders allowed) the desired state, replacing
     /// the previous `apply`, and lets the agent settle if anything changed.
     pub async fn apply(&mut self, manifests: &[Value]) -> Result<(), LabError> {
+        if self.write_apply(manifests)? {
+            self.settle().await;
+        }
+        Ok(())
+    }
+
+    /// Writes `apply.yaml` if the resolved documents differ from the
+    /// current ones; returns whether they did.
+    fn write_apply(&mut self, manifests: &[Value]) -> Result<bool, LabError> {
         let docs = self.resolve_placeholders(manifests, "apply")?;
         if docs == self.applied {
-            return Ok(());
+            return Ok(false);
         }
         manifests::write(&self.ctx.manifests_dir, manifests::APPLY_FILE, &docs)?;
         self.applied = docs;
-        self.settle().await;
-        Ok(())
+        Ok(true)
     }
 
     /// The current `apply` state, placeholders resolved.
@@ -705,7 +957,7 @@ impl Lab {
         tokio::time::sleep(self.options.settle).await;
     }
 
-    fn resolve(&self, spec: &ProbeSpec) -> Result<(PathBuf, IpAddr), LabError> {
+    fn resolve(&self, spec: &ProbeSpec) -> Result<(Place, IpAddr), LabError> {
         let src = self
             .pods
             .get(&spec.from)
@@ -741,10 +993,11 @@ impl Lab {
                     })?
             }
         };
-        Ok((src.netns_path(), dst))
+        Ok((src.place(), dst))
     }
 
-    /// Runs one probe from inside the source pod.
+    /// Runs one probe from inside the source pod (for a hostNetwork pod: from
+    /// a `weir-lab probe` process inside its cgroup, in the node's namespace).
     pub async fn probe(&self, spec: &ProbeSpec) -> Result<ProbeResult, LabError> {
         let (src, dst) = self.resolve(spec)?;
         self.run_probe(spec, src, dst).await
@@ -753,13 +1006,16 @@ impl Lab {
     async fn run_probe(
         &self,
         spec: &ProbeSpec,
-        src: PathBuf,
+        src: Place,
         dst: IpAddr,
     ) -> Result<ProbeResult, LabError> {
         let timeout = spec.timeout.unwrap_or(self.options.probe_timeout);
         let (port, protocol) = (spec.port, spec.protocol);
-        let out =
-            netns::run_in_async(src, move || probe::run(dst, port, protocol, timeout)).await?;
+        let out = if src.cgroup.is_some() {
+            self.probe_process(spec, &src, dst, timeout).await?
+        } else {
+            netns::run_in_async(src.netns, move || probe::run(dst, port, protocol, timeout)).await?
+        };
         Ok(ProbeResult {
             from: spec.from.clone(),
             to: spec.to.clone(),
@@ -770,7 +1026,66 @@ impl Lab {
             ms: (out.elapsed.as_secs_f64() * 1e6).round() / 1e3,
             dst: Some(dst),
             error: out.error,
+            expect: None,
+            ok: None,
         })
+    }
+
+    /// Runs one probe as a `weir-lab probe` child process started in `src`
+    /// (a hostNetwork pod's cgroup in the node's namespace), so that its
+    /// socket belongs to the pod's cgroup.
+    async fn probe_process(
+        &self,
+        spec: &ProbeSpec,
+        src: &Place,
+        dst: IpAddr,
+        timeout: Duration,
+    ) -> Result<probe::Outcome, LabError> {
+        let err = |message: String| LabError::ProbeProcess {
+            from: spec.from.clone(),
+            to: spec.to.clone(),
+            message,
+        };
+        let bin = self
+            .options
+            .serve_bin
+            .as_ref()
+            .ok_or_else(|| err("no weir-lab binary (LabOptions::serve_bin)".into()))?;
+        let _slot = self
+            .host_probes
+            .acquire()
+            .await
+            .map_err(|_| err("the lab is shutting down".into()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("probe")
+            .args(["--dst", &dst.to_string()])
+            .args(["--port", &spec.port.to_string()])
+            .args(["--protocol", &spec.protocol.to_string()])
+            .args(["--timeout-ms", &timeout.as_millis().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        src.apply(&mut cmd)?;
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        // The probe ends itself at its timeout; the margin covers a slow start.
+        let out = tokio::time::timeout(timeout + Duration::from_secs(10), cmd.output())
+            .await
+            .map_err(|_| err(format!("{} probe did not finish", bin.display())))?
+            .map_err(|e| err(format!("cannot run {} probe: {e}", bin.display())))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        match serde_json::from_str::<probe::OutcomeLine>(line) {
+            Ok(l) if out.status.success() => Ok(l.into()),
+            _ => Err(err(format!(
+                "{} probe failed ({}); stdout: {:?}; stderr: {:?}",
+                bin.display(),
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
     }
 
     /// Runs probes concurrently (at most `probe_concurrency` at once);
@@ -859,23 +1174,22 @@ impl Lab {
         &self.client
     }
 
-    /// Runs `argv` inside the pod's network namespace (e.g. `ping`) and
+    /// Runs `argv` inside the pod's network namespace (e.g. `ping`; for a
+    /// hostNetwork pod: in the node's namespace, inside the pod's cgroup) and
     /// returns its output; killed after 60 s.
     pub async fn exec_in_pod(&self, pod: &str, argv: &[&str]) -> Result<Output, LabError> {
-        let path = self
-            .pod_netns_path(pod)
+        let place = self
+            .pods
+            .get(pod)
+            .map(Pod::place)
             .ok_or_else(|| LabError::UnknownPod(pod.to_string()))?;
         let (program, args) = argv.split_first().ok_or_else(|| LabError::Io {
             what: "exec_in_pod".into(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
         })?;
-        let fd = netns::open(&path)?;
         let mut cmd = Command::new(program);
         cmd.args(args);
-        // SAFETY: setns(2) only, on a descriptor open until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || netns::setns_raw(&fd));
-        }
+        place.apply(&mut cmd)?;
         let what = format!("run {argv:?} in pod {pod}");
         tokio::task::spawn_blocking(move || {
             output_with_timeout(&mut cmd, b"", Duration::from_secs(60))
@@ -1031,6 +1345,18 @@ fn tear_down_pod(ctx: &PodCtx, mut pod: Pod) -> Result<(), LabError> {
         None => {}
     }
     let mut result = Ok(());
+    if let Some(dir) = &pod.cgroup {
+        // Anything still inside (a command or probe that outlived its call)
+        // goes with it; the node namespace is the agent's, not the pod's.
+        if let Err(e) = cgroup::remove(dir) {
+            result = Err(e.into());
+        }
+        manifests::remove(
+            &ctx.manifests_dir,
+            &manifests::pod_file(&pod.spec.namespace, &pod.spec.name),
+        )?;
+        return result;
+    }
     if pod.added {
         let (container_id, ns_path) = pod.call();
         let call = cni::Call {
@@ -1067,6 +1393,9 @@ async fn set_up_pod(ctx: Arc<PodCtx>, mut pod: Pod) -> (Pod, Result<(), LabError
 }
 
 async fn set_up_pod_inner(ctx: &Arc<PodCtx>, pod: &mut Pod) -> Result<(), LabError> {
+    if let Some(dir) = pod.cgroup.clone() {
+        return set_up_host_pod(ctx, pod, &dir).await;
+    }
     let name = pod.netns.clone();
     tokio::task::spawn_blocking(move || netns::create(&name))
         .await
@@ -1113,6 +1442,35 @@ async fn set_up_pod_inner(ctx: &Arc<PodCtx>, pod: &mut Pod) -> Result<(), LabErr
     Ok(())
 }
 
+/// Sets a hostNetwork pod up: its cgroup, its manifest (the node's
+/// addresses, `Running` at once: there is no CNI ADD to wait for), its
+/// servers in the node's namespace inside the cgroup.
+async fn set_up_host_pod(ctx: &Arc<PodCtx>, pod: &mut Pod, dir: &Path) -> Result<(), LabError> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || cgroup::create(&d))
+        .await
+        .map_err(|e| LabError::Io {
+            what: format!("create cgroup {}", dir.display()),
+            source: io::Error::other(e.to_string()),
+        })??;
+    pod.ips = ctx.node_ips.clone();
+    manifests::write(
+        &ctx.manifests_dir,
+        &manifests::pod_file(&pod.spec.namespace, &pod.spec.name),
+        &[manifests::pod(
+            &pod.spec,
+            &pod.uid,
+            &ctx.node_name,
+            &pod.ips,
+        )],
+    )?;
+    if !pod.spec.ports.is_empty() {
+        pod.servers = Some(start_servers(ctx, pod).await?);
+    }
+    tracing::debug!(pod = %pod.spec.key(), cgroup = %dir.display(), "hostNetwork pod ready");
+    Ok(())
+}
+
 /// Starts the pod's servers and returns once every port is bound.
 async fn start_servers(ctx: &Arc<PodCtx>, pod: &Pod) -> Result<Servers, LabError> {
     let key = pod.spec.key();
@@ -1129,8 +1487,10 @@ async fn start_servers(ctx: &Arc<PodCtx>, pod: &Pod) -> Result<Servers, LabError
             sockets,
         ))));
     };
-    let fd = netns::open(&pod.netns_path())?;
-    let log_path = ctx.lab_dir.join(format!("serve-{}.log", pod.netns));
+    let log_path = ctx.lab_dir.join(match &pod.cgroup {
+        None => format!("serve-{}.log", pod.netns),
+        Some(_) => format!("serve-host-{}-{}.log", pod.spec.namespace, pod.spec.name),
+    });
     let log = std::fs::File::create(&log_path)
         .map_err(io_err(format!("create {}", log_path.display())))?;
     let mut cmd = Command::new(bin);
@@ -1143,10 +1503,7 @@ async fn start_servers(ctx: &Arc<PodCtx>, pod: &Pod) -> Result<Servers, LabError
         .stdout(Stdio::piped())
         .stderr(log)
         .process_group(0);
-    // SAFETY: setns(2) only, on a descriptor open until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || netns::setns_raw(&fd));
-    }
+    pod.place().apply(&mut cmd)?;
     let mut child = cmd
         .spawn()
         .map_err(io_err(format!("start {} serve", bin.display())))?;

@@ -10,10 +10,12 @@
 //! This crate must not depend on weir-agent: the `weir` binary depends on it.
 
 pub mod agent;
+pub mod cgroup;
 pub mod cni;
 pub mod demo;
 pub mod lab;
 pub mod manifests;
+pub mod matrix;
 pub mod netns;
 pub mod probe;
 pub mod process;
@@ -27,7 +29,7 @@ pub use agent::{AgentStdout, FlowLog};
 pub use lab::{KeptLab, Lab, LabError, LabOptions, sibling_binary, target_dir};
 pub use probe::{ProbeResult, ProbeSpec};
 pub use scenario::Scenario;
-pub use spec::{Family, NamespaceSpec, PodSpec, PortSpec, Protocol};
+pub use spec::{Expectation, Family, NamespaceSpec, PodSpec, PortProto, PortSpec, Protocol};
 
 /// Whether this process may build labs (root).
 pub fn is_root() -> bool {

@@ -1,10 +1,11 @@
-//! The lab's side of the agent's manifests directory: Namespace and Pod
-//! objects built from the lab's specs, and atomic writes of multi-document
+//! The lab's side of the agent's manifests directory: Namespace, Pod and
+//! Node objects built from the lab's specs, and atomic writes of multi-document
 //! YAML files (the agent watches the directory and must never read half a
 //! file).
 //!
 //! Owns the file names inside the directory: `ns-<ns>.yaml`,
-//! `pod-<ns>-<pod>.yaml` and `apply.yaml` (a scenario step's desired state).
+//! `pod-<ns>-<pod>.yaml`, `node-<node>.yaml` and `apply.yaml` (a scenario
+//! step's desired state).
 
 use std::fs;
 use std::io;
@@ -44,6 +45,11 @@ pub fn namespace_file(ns: &str) -> String {
     format!("ns-{ns}.yaml")
 }
 
+/// File name of node `name`'s manifest.
+pub fn node_file(name: &str) -> String {
+    format!("node-{name}.yaml")
+}
+
 /// File name of pod `ns/name`'s manifest.
 pub fn pod_file(ns: &str, name: &str) -> String {
     format!("pod-{ns}-{name}.yaml")
@@ -60,9 +66,29 @@ pub fn namespace(ns: &NamespaceSpec) -> Value {
     })
 }
 
+/// The Node object of the lab's node: its name, pod CIDRs, and its own
+/// addresses as `InternalIP`s (what a hostNetwork pod's address is).
+pub fn node(name: &str, pod_cidrs: &[String], ips: &[IpAddr]) -> Value {
+    let addresses: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({ "type": "InternalIP", "address": ip.to_string() }))
+        .chain(std::iter::once(
+            json!({ "type": "Hostname", "address": name }),
+        ))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name },
+        "spec": { "podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs },
+        "status": { "addresses": addresses },
+    })
+}
+
 /// The Pod object. `ips` empty: not networked yet (written before CNI ADD, so
 /// the agent knows the pod's labels when the endpoint registers); otherwise
-/// `status.podIP(s)` list them, IPv4 first.
+/// `status.podIP(s)` list them, IPv4 first. A hostNetwork pod gets
+/// `spec.hostNetwork: true` (and the node's addresses as `ips`).
 pub fn pod(pod: &PodSpec, uid: &str, node_name: &str, ips: &[IpAddr]) -> Value {
     let ports: Vec<Value> = pod
         .ports
@@ -85,6 +111,13 @@ pub fn pod(pod: &PodSpec, uid: &str, node_name: &str, ips: &[IpAddr]) -> Value {
             .map(|ip| json!({ "ip": ip.to_string() }))
             .collect();
     }
+    let mut spec = json!({
+        "nodeName": node_name,
+        "containers": [{ "name": "serve", "image": "weir-lab/serve", "ports": ports }],
+    });
+    if pod.host_network {
+        spec["hostNetwork"] = json!(true);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -94,10 +127,7 @@ pub fn pod(pod: &PodSpec, uid: &str, node_name: &str, ips: &[IpAddr]) -> Value {
             "uid": uid,
             "labels": pod.labels,
         },
-        "spec": {
-            "nodeName": node_name,
-            "containers": [{ "name": "serve", "image": "weir-lab/serve", "ports": ports }],
-        },
+        "spec": spec,
         "status": status,
     })
 }
@@ -184,6 +214,30 @@ mod tests {
         assert_eq!(p["status"]["podIPs"][1]["ip"], "fd00::5");
         let pending = pod(&spec, "uid-1", "node", &[]);
         assert!(pending["status"].get("podIPs").is_none());
+        assert!(
+            p["spec"].get("hostNetwork").is_none(),
+            "only hostNetwork pods say so"
+        );
+    }
+
+    #[test]
+    fn host_network_pod_says_so_and_has_the_node_addresses() {
+        let spec = PodSpec::new("x", "h")
+            .host_network()
+            .port(PortSpec::tcp(8080));
+        let node_ips: Vec<IpAddr> = vec![
+            "172.31.0.1".parse().unwrap(),
+            "fd00:172:31::1".parse().unwrap(),
+        ];
+        let p = pod(&spec, "u", "n", &node_ips);
+        assert_eq!(p["spec"]["hostNetwork"], true);
+        assert_eq!(p["status"]["podIP"], "172.31.0.1");
+        assert_eq!(p["status"]["podIPs"][1]["ip"], "fd00:172:31::1");
+        let n = node("n", &["10.244.0.0/24".into()], &node_ips);
+        assert_eq!(n["kind"], "Node");
+        assert_eq!(n["status"]["addresses"][0]["type"], "InternalIP");
+        assert_eq!(n["status"]["addresses"][1]["address"], "fd00:172:31::1");
+        assert_eq!(n["spec"]["podCIDRs"][0], "10.244.0.0/24");
     }
 
     #[test]

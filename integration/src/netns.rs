@@ -4,12 +4,14 @@
 //!
 //! Owns: creating and deleting named namespaces, entering one from a thread
 //! made for that purpose, finding the processes that live in one, per-namespace
-//! sysctls and bringing an interface up. It never changes the machine's own
+//! sysctls, bringing an interface up, and adding addresses to an interface
+//! (the node namespace's own). It never changes the machine's own
 //! network namespace: every `setns` happens on a thread that exits afterwards,
 //! or in a child process between fork and exec.
 
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -267,6 +269,50 @@ pub fn set_link_up(ifname: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds `addrs` as host prefixes (/32, /128; IPv6 without duplicate address
+/// detection) to the existing link `name` in the calling thread's namespace:
+/// how the lab gives its node namespace addresses of its own (on `lo`: the
+/// kernel here has no dummy links, and an address on `lo` is just as local).
+pub fn add_addresses(name: &str, addrs: &[IpAddr]) -> io::Result<()> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::address::AddressHeaderFlags;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    // The netlink socket is made here, in this thread's namespace.
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let conn = tokio::spawn(conn);
+        let result = async {
+            let err =
+                |what: String| move |e: rtnetlink::Error| io::Error::other(format!("{what}: {e}"));
+            let link = handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+                .map_err(err(format!("get link {name}")))?
+                .ok_or_else(|| io::Error::other(format!("link {name} vanished")))?;
+            for ip in addrs {
+                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                let mut req = handle.address().add(link.header.index, *ip, prefix);
+                if ip.is_ipv6() {
+                    req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+                }
+                req.execute()
+                    .await
+                    .map_err(err(format!("add {ip}/{prefix} to {name}")))?;
+            }
+            Ok(())
+        }
+        .await;
+        conn.abort();
+        result
+    })
 }
 
 /// Writes sysctl `key` (dotted, e.g. `net.ipv4.ip_forward`) in the calling

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
 
-use crate::spec::{Family, Protocol};
+use crate::spec::{Expectation, Family, Protocol};
 
 /// What a UDP probe sends; servers answer any datagram, this only makes
 /// probe traffic recognisable in captures.
@@ -99,6 +99,20 @@ pub struct ProbeResult {
     /// `unreachable`, or an OS error text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the scenario expected (`connected` or `blocked`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expectation>,
+    /// Whether the probe met `expect` (present exactly when `expect` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+}
+
+impl ProbeResult {
+    /// Records that `expect` was expected and whether it held.
+    pub fn judge(&mut self, expect: Expectation) {
+        self.expect = Some(expect);
+        self.ok = Some(expect.holds(self.connected));
+    }
 }
 
 /// Outcome of a probe on the wire, before the lab adds names.
@@ -108,6 +122,41 @@ pub struct Outcome {
     pub reply: String,
     pub elapsed: Duration,
     pub error: Option<String>,
+}
+
+/// One [`Outcome`] as the line `weir-lab probe` prints (JSON): the lab runs
+/// the probes of hostNetwork pods as such short-lived processes, so that
+/// their sockets belong to the pod's cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeLine {
+    pub connected: bool,
+    pub reply: String,
+    /// Time until the answer or the failure, in microseconds.
+    pub elapsed_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<Outcome> for OutcomeLine {
+    fn from(o: Outcome) -> Self {
+        Self {
+            connected: o.connected,
+            reply: o.reply,
+            elapsed_us: o.elapsed.as_micros().min(u128::from(u64::MAX)) as u64,
+            error: o.error,
+        }
+    }
+}
+
+impl From<OutcomeLine> for Outcome {
+    fn from(l: OutcomeLine) -> Self {
+        Self {
+            connected: l.connected,
+            reply: l.reply,
+            elapsed: Duration::from_micros(l.elapsed_us),
+            error: l.error,
+        }
+    }
 }
 
 fn describe(e: &io::Error) -> String {

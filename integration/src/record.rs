@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netns;
 use crate::process::ProcessRef;
+use crate::{cgroup, netns};
 
 /// Directory holding one sub-directory per lab run.
 pub const RUN_ROOT: &str = "/run/weir-lab";
@@ -68,6 +68,11 @@ pub struct RunRecord {
     /// Directories the run created outside `lab_dir`; removed if empty.
     #[serde(default)]
     pub created_dirs: Vec<PathBuf>,
+    /// cgroup v2 directories of hostNetwork pods (and the run's own above
+    /// them), recorded before they are created; removed with whatever runs
+    /// inside.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl RunRecord {
@@ -82,6 +87,7 @@ impl RunRecord {
             netns: Vec::new(),
             processes: Vec::new(),
             created_dirs: Vec::new(),
+            cgroups: Vec::new(),
         }
     }
 
@@ -251,6 +257,14 @@ pub fn sweep(mode: Sweep) -> CleanupReport {
             Verdict::Orphan => remove_netns(&name, &mut report),
         }
     }
+    // The same for cgroup directories (a run records them before making them).
+    for (id, path) in cgroup::list_runs() {
+        match judge(&id, mode, &mut report) {
+            Verdict::Leave => {}
+            Verdict::Remove(rec) => remove_run(&rec, &mut report),
+            Verdict::Orphan => remove_cgroup(&path, &mut report),
+        }
+    }
     remove_dir_if_empty(Path::new(RUN_ROOT));
     report
 }
@@ -265,6 +279,10 @@ pub fn remove_run(rec: &RunRecord, report: &mut CleanupReport) {
     }
     for name in &rec.netns {
         remove_netns(name, report);
+    }
+    // Pod directories were recorded after their run's: remove in reverse.
+    for path in rec.cgroups.iter().rev() {
+        remove_cgroup(path, report);
     }
     if let Some(dir) = &rec.lab_dir {
         // Only ever a directory named like ours, whatever the record says.
@@ -310,6 +328,21 @@ pub fn remove_netns(name: &str, report: &mut CleanupReport) {
     }
     match netns::delete(name) {
         Ok(()) => report.netns.push(name.to_string()),
+        Err(e) => report.errors.push(e.to_string()),
+    }
+}
+
+/// Kills whatever runs in the lab cgroup `path` and removes it (with its
+/// sub-directories).
+pub fn remove_cgroup(path: &Path, report: &mut CleanupReport) {
+    if !path.exists() {
+        return;
+    }
+    for pid in cgroup::pids(path) {
+        report.processes.push(pid);
+    }
+    match cgroup::remove(path) {
+        Ok(()) => report.paths.push(path.to_path_buf()),
         Err(e) => report.errors.push(e.to_string()),
     }
 }

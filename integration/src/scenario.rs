@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::spec::{Family, NamespaceSpec, PodSpec, Protocol, is_dns_label, split_pod_key};
+use crate::matrix::{Matrix, MatrixStep};
+use crate::spec::{
+    Expectation, Family, NamespaceSpec, PodSpec, Protocol, is_dns_label, split_pod_key,
+};
 
 /// Errors in a scenario: each names the field it is about.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +40,7 @@ pub enum ScenarioError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScenarioError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -63,19 +66,26 @@ pub struct Scenario {
     pub settle_ms: Option<u64>,
 }
 
-/// One step: the desired state, then probes.
+/// One step: label changes and the desired state, then probes.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Optional label, echoed in the output.
     #[serde(default)]
     pub name: Option<String>,
+    /// `ns/pod` or `ns` -> that object's complete new label set, applied
+    /// live (manifests rewritten, pods not recreated) before `apply`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
     /// Full manifests making up this step's desired state (replacing the
     /// previous step's), with placeholders.
     #[serde(default)]
     pub apply: Vec<Value>,
     #[serde(default)]
     pub probes: Vec<ProbeStep>,
+    /// Probe matrices, run after (and appended to) `probes`.
+    #[serde(default)]
+    pub matrix: Vec<MatrixStep>,
 }
 
 /// A probe as written in a scenario.
@@ -98,6 +108,9 @@ pub struct ProbeStep {
     /// This probe's timeout in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// What the probe must find; a run where it does not exits with 3.
+    #[serde(default)]
+    pub expect: Option<Expectation>,
 }
 
 /// Destination of a probe.
@@ -138,7 +151,13 @@ impl Scenario {
     /// Parses and validates a scenario.
     pub fn parse(yaml: &str) -> Result<Self, ScenarioError> {
         let scenario: Scenario =
-            serde_saphyr::from_str(yaml).map_err(|source| ScenarioError::Yaml { source })?;
+            // YAML 1.2 booleans only: a namespace called `y` stays a string
+            // inside `apply` documents, which are untyped.
+            serde_saphyr::from_str_with_options(
+                yaml,
+                serde_saphyr::options! { strict_booleans: true },
+            )
+            .map_err(|source| ScenarioError::Yaml { source })?;
         scenario.validate()?;
         Ok(scenario)
     }
@@ -195,8 +214,28 @@ impl Scenario {
             }
             validate_ports(pod, &format!("pods[{i}].ports"))?;
         }
+        validate_host_ports(&self.pods)?;
         let known = |key: &str| pods.contains(key);
+        let keys = self.pod_keys();
         for (s, step) in self.steps.iter().enumerate() {
+            for target in step.labels.keys() {
+                let field = format!("steps[{s}].labels.{target}");
+                if split_pod_key(target).is_some() {
+                    if !known(target) {
+                        return Err(invalid(field, format!("unknown pod {target:?}")));
+                    }
+                } else if !namespaces.contains(target.as_str()) {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "{target:?} is neither a declared pod (NAMESPACE/NAME) nor a declared namespace"
+                        ),
+                    ));
+                }
+            }
+            for (m, matrix) in step.matrix.iter().enumerate() {
+                Matrix::compile(matrix, &keys, &format!("steps[{s}].matrix[{m}]"))?;
+            }
             for (a, doc) in step.apply.iter().enumerate() {
                 check_placeholders(doc, &format!("steps[{s}].apply[{a}]"), &known)?;
             }
@@ -236,6 +275,51 @@ impl Scenario {
         }
         Ok(())
     }
+
+    /// The pods' keys (`ns/name`), sorted: the order of matrix probes and
+    /// of truth tables.
+    pub fn pod_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.pods.iter().map(PodSpec::key).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The matrices of step `s`, checked (see [`Matrix::compile`]).
+    pub fn matrices(&self, s: usize) -> Result<Vec<Matrix>, ScenarioError> {
+        let keys = self.pod_keys();
+        self.steps
+            .get(s)
+            .map(|step| step.matrix.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(m, raw)| Matrix::compile(raw, &keys, &format!("steps[{s}].matrix[{m}]")))
+            .collect()
+    }
+}
+
+/// hostNetwork pods share the node's ports: no two may declare the same
+/// port and protocol.
+pub fn validate_host_ports(pods: &[PodSpec]) -> Result<(), ScenarioError> {
+    let mut owner: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
+    for (i, pod) in pods.iter().enumerate() {
+        if !pod.host_network {
+            continue;
+        }
+        for (j, port) in pod.ports.iter().enumerate() {
+            if let Some(other) = owner.insert((port.port, port.protocol), pod.key()) {
+                return Err(invalid(
+                    format!("pods[{i}].ports[{j}].port"),
+                    format!(
+                        "{}/{} is already served by hostNetwork pod {other} (hostNetwork pods share the node's ports)",
+                        port.port, port.protocol
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks the ports of one pod; `field` is the path of its `ports`.
@@ -640,6 +724,118 @@ steps:
         let doc = serde_json::json!({"a": "${ip:x/a"});
         let err = substitute(&doc, "apply[0]", &mut lookup).unwrap_err();
         assert!(err.to_string().contains("unterminated"), "{err}");
+    }
+
+    const NETPOL: &str = r#"
+namespaces:
+  - {name: x, labels: {ns: x}}
+  - {name: y, labels: {ns: y}}
+pods:
+  - {namespace: x, name: a, labels: {pod: a}, ports: [{port: 80}]}
+  - {namespace: x, name: b, labels: {pod: b}, ports: [{port: 80}]}
+  - {namespace: y, name: h, hostNetwork: true, ports: [{port: 8080}]}
+steps:
+  - name: relabel
+    labels:
+      x/a: {pod: a, new: "yes"}
+      y: {ns: y}
+    probes:
+      - {from: x/a, to: x/b, port: 80, expect: blocked}
+      - {from: y/h, to: x/b, port: 80, expect: connected}
+    matrix:
+      - ports: [80/TCP, 8080/tcp]
+        from: ["x/*"]
+        to: ["*"]
+        family: 6
+        timeout_ms: 300
+        default: blocked
+        expect:
+          - {from: "*", to: x/a, result: connected}
+          - {from: x/b, to: x/a, port: 80/TCP, result: blocked}
+"#;
+
+    #[test]
+    fn parses_labels_expectations_matrices_and_host_network_pods() {
+        let s = Scenario::parse(NETPOL).expect("valid scenario");
+        assert!(s.pods[2].host_network && !s.pods[0].host_network);
+        let step = &s.steps[0];
+        assert_eq!(step.labels["x/a"]["new"], "yes");
+        assert_eq!(step.labels["y"].len(), 1);
+        assert_eq!(step.probes[0].expect, Some(Expectation::Blocked));
+        assert_eq!(step.probes[1].expect, Some(Expectation::Connected));
+        assert_eq!(s.pod_keys(), vec!["x/a", "x/b", "y/h"]);
+        let m = &s.matrices(0).unwrap()[0];
+        assert_eq!(m.family, Family::V6);
+        assert_eq!(m.timeout_ms, Some(300));
+        assert_eq!(m.ports[1].to_string(), "8080/TCP");
+        // x/a -> x/b, x/a -> y/h, x/b -> x/a, x/b -> y/h; two ports each.
+        let probes = m.probes();
+        assert_eq!(probes.len(), 8);
+        let expect = |from: &str, to: &str, port: &str| {
+            probes
+                .iter()
+                .find(|p| p.from == from && p.to == to && p.port.to_string() == port)
+                .unwrap()
+                .expect
+        };
+        assert_eq!(expect("x/a", "x/b", "80/TCP"), Expectation::Blocked);
+        assert_eq!(expect("x/b", "x/a", "8080/TCP"), Expectation::Connected);
+        assert_eq!(expect("x/b", "x/a", "80/TCP"), Expectation::Blocked);
+        // Without the new keys a step is what it always was.
+        let old = Scenario::parse(GOOD).unwrap();
+        assert!(
+            old.steps
+                .iter()
+                .all(|s| s.labels.is_empty() && s.matrix.is_empty())
+        );
+        assert!(old.steps[0].probes.iter().all(|p| p.expect.is_none()));
+    }
+
+    #[test]
+    fn new_fields_name_the_field_in_errors() {
+        let cases = [
+            (
+                NETPOL.replace("x/a: {pod: a, new", "x/zz: {pod: a, new"),
+                "steps[0].labels.x/zz",
+            ),
+            (NETPOL.replace("y: {ns: y}", "q: {ns: y}"), "steps[0].labels.q"),
+            (
+                NETPOL.replace("from: [\"x/*\"]", "from: [\"q/*\"]"),
+                "steps[0].matrix[0].from[0]",
+            ),
+            (
+                NETPOL.replace("{from: x/b, to: x/a, port", "{from: x/b, to: \"z/*\", port"),
+                "steps[0].matrix[0].expect[1].to",
+            ),
+            (
+                NETPOL.replace("ports: [80/TCP, 8080/tcp]", "ports: [80/SCTP]"),
+                "steps[0].matrix[0].ports[0]",
+            ),
+            (
+                NETPOL.replace("{port: 8080}]}", "{port: 8080}]}\n  - {namespace: y, name: g, hostNetwork: true, ports: [{port: 81}, {port: 8080}]}"),
+                "pods[3].ports[1].port",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let err = Scenario::parse(&yaml).expect_err(field);
+            let msg = err.to_string();
+            assert_eq!(field_of(err), field, "{msg}");
+        }
+        // Two regular pods may use the same port; a regular and a hostNetwork one too.
+        let ok = NETPOL.replace(
+            "{port: 8080}]}",
+            "{port: 8080}]}\n  - {namespace: y, name: g, ports: [{port: 8080}]}",
+        );
+        Scenario::parse(&ok).expect("only hostNetwork pods share the node's ports");
+        for bad in [
+            NETPOL.replace("expect: blocked}", "expect: dropped}"),
+            NETPOL.replace("default: blocked", "default: maybe"),
+            NETPOL.replace("timeout_ms: 300", "timeout: 300"),
+            NETPOL.replace("hostNetwork: true", "host_network: true"),
+        ] {
+            let err = Scenario::parse(&bad).expect_err("closed vocabularies and unknown keys");
+            assert!(matches!(err, ScenarioError::Yaml { .. }), "{err}");
+        }
     }
 
     #[test]

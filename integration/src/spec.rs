@@ -48,6 +48,19 @@ pub enum Protocol {
     Icmp,
 }
 
+impl Protocol {
+    /// TCP or UDP from its name in any case; None for anything else.
+    pub fn parse_transport(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("tcp") {
+            Some(Protocol::Tcp)
+        } else if s.eq_ignore_ascii_case("udp") {
+            Some(Protocol::Udp)
+        } else {
+            None
+        }
+    }
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -140,6 +153,15 @@ pub struct PodSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// `hostNetwork: true`: no network namespace of its own and no CNI ADD;
+    /// its servers run in the node's namespace, in a cgroup of their own,
+    /// and its addresses are the node's.
+    #[serde(
+        default,
+        rename = "hostNetwork",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_network: bool,
 }
 
 impl PodSpec {
@@ -164,6 +186,12 @@ impl PodSpec {
         self
     }
 
+    /// Makes it a `hostNetwork` pod (see the field of the same name).
+    pub fn host_network(mut self) -> Self {
+        self.host_network = true;
+        self
+    }
+
     /// `namespace/name`, the key pods go by everywhere in the lab.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -184,4 +212,70 @@ pub fn is_dns_label(s: &str) -> bool {
 pub fn split_pod_key(key: &str) -> Option<(&str, &str)> {
     let (ns, name) = key.split_once('/')?;
     (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((ns, name))
+}
+
+/// What a probe is expected to find: an answer (`connected`) or none
+/// (`blocked`: dropped, refused, unreachable, or no reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expectation {
+    Connected,
+    Blocked,
+}
+
+impl Expectation {
+    /// Whether a probe that did (`connected`) or did not get through meets
+    /// this expectation.
+    pub fn holds(self, connected: bool) -> bool {
+        (self == Expectation::Connected) == connected
+    }
+
+    /// The expectation a probe's outcome would have met.
+    pub fn of(connected: bool) -> Self {
+        if connected {
+            Expectation::Connected
+        } else {
+            Expectation::Blocked
+        }
+    }
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expectation::Connected => "connected",
+            Expectation::Blocked => "blocked",
+        })
+    }
+}
+
+/// A port and its transport protocol, written `80/TCP` (protocol in any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortProto {
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+impl PortProto {
+    /// Parses `PORT/PROTO`; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (port, proto) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not PORT/PROTO (e.g. 80/TCP)"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{s:?}: port {port:?} is not 1-65535"))?;
+        let protocol = Protocol::parse_transport(proto)
+            .ok_or_else(|| format!("{s:?}: protocol {proto:?} is not TCP or UDP"))?;
+        Ok(Self { port, protocol })
+    }
+}
+
+impl fmt::Display for PortProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
 }

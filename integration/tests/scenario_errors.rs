@@ -6,9 +6,14 @@ mod common;
 use std::process::Command;
 
 fn run_scenario(yaml: &str) -> (i32, String, String) {
-    let dir = std::env::temp_dir().join(format!("weirlab-scen-{}", std::process::id()));
+    // One directory per call: tests run in parallel, and each removes its own.
+    let dir = std::env::temp_dir().join(format!(
+        "weirlab-scen-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("s-{}.yaml", uuid::Uuid::new_v4().simple()));
+    let file = dir.join("s.yaml");
     std::fs::write(&file, yaml).unwrap();
     let out = Command::new(common::weir_lab_bin())
         .arg("run")
@@ -59,6 +64,29 @@ fn bad_placeholder_exits_2_naming_the_field() {
     );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("steps[0].apply[0].spec.cidr"), "{stderr}");
+}
+
+#[test]
+fn matrix_and_labels_errors_exit_2_naming_the_field() {
+    let base = "namespaces: [{name: x}]\npods: [{namespace: x, name: a, ports: [{port: 80}]}, {namespace: x, name: b}]\n";
+    let (code, stdout, stderr) = run_scenario(&format!(
+        "{base}steps:\n  - matrix: [{{ports: [80/TCP], expect: [{{from: '*', to: 'y/*', result: blocked}}]}}]\n"
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("steps[0].matrix[0].expect[0].to") && stderr.contains("matches no pod"),
+        "{stderr}"
+    );
+    let (code, _, stderr) =
+        run_scenario(&format!("{base}steps:\n  - labels: {{x/zz: {{a: b}}}}\n"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("steps[0].labels.x/zz"), "{stderr}");
+    let (code, _, stderr) = run_scenario(&format!(
+        "{base}steps:\n  - probes: [{{from: x/a, to: x/b, port: 80, expect: maybe}}]\n"
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("maybe"), "{stderr}");
 }
 
 #[test]

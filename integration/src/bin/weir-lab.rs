@@ -1,5 +1,6 @@
 //! `weir-lab`: run a scenario in a lab (`run`), remove what dead runs left
-//! (`cleanup`), and the pods' servers (`serve`, hidden, run by the lab).
+//! (`cleanup`), and the pods' servers and hostNetwork pods' probes (`serve`,
+//! `probe`, hidden, run by the lab).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weir_integration::probe::{self, OutcomeLine};
 use weir_integration::record::{self, Sweep};
 use weir_integration::runner::{self, RunOptions};
 use weir_integration::{LabOptions, PortSpec, Protocol, Scenario, serve};
@@ -72,6 +74,32 @@ enum Cmd {
         #[arg(long)]
         udp: Vec<u16>,
     },
+    /// Run one probe here and print its outcome as a JSON line (run by the
+    /// lab inside a hostNetwork pod's cgroup).
+    #[command(hide = true)]
+    Probe {
+        /// Destination address.
+        #[arg(long)]
+        dst: std::net::IpAddr,
+        /// Destination port (ignored for ICMP).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// TCP, UDP or ICMP.
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: Protocol,
+        /// Timeout of the whole probe.
+        #[arg(long)]
+        timeout_ms: u64,
+    },
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "ICMP" => Ok(Protocol::Icmp),
+        _ => Err(format!("{s:?} is not TCP, UDP or ICMP")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -120,7 +148,7 @@ fn main() -> ExitCode {
             options.node_name = node_name;
             let run_opts = RunOptions { keep, flows };
             match run(&scenario, options, &run_opts, pretty) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(code),
                 Err((code, e)) => {
                     eprintln!("weir-lab: {e:#}");
                     ExitCode::from(code)
@@ -169,15 +197,34 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Probe {
+            dst,
+            port,
+            protocol,
+            timeout_ms,
+        } => {
+            let outcome = probe::run(dst, port, protocol, Duration::from_millis(timeout_ms));
+            let line = serde_json::to_string(&OutcomeLine::from(outcome))
+                .expect("an outcome always serializes");
+            match writeln!(std::io::stdout().lock(), "{line}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weir-lab probe: cannot write stdout: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
+/// Runs the scenario and prints its output; the exit code is 0, or 3 when
+/// the run completed but a probe missed its expectation.
 fn run(
     scenario: &Scenario,
     options: LabOptions,
     run_opts: &RunOptions,
     pretty: bool,
-) -> Result<(), (u8, anyhow::Error)> {
+) -> Result<u8, (u8, anyhow::Error)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,5 +272,10 @@ fn run(
     let mut out = std::io::stdout().lock();
     writeln!(out, "{json}")
         .context("cannot write stdout")
-        .map_err(|e| (1, e))
+        .map_err(|e| (1, e))?;
+    if output.expectations_failed() {
+        eprint!("{}", runner::failure_report(&output));
+        return Ok(3);
+    }
+    Ok(0)
 }
