@@ -95,6 +95,15 @@ impl Shared {
         state.endpoints().map(to_api).collect()
     }
 
+    /// The policy compiler's input from the live model, as the policy
+    /// controller builds it (for `weir policy explain` and `what-if`).
+    pub fn policy_input(&self) -> weir_policy::Input {
+        let index = self.current_index();
+        let options = self.policy.lock().expect("policy lock").options().clone();
+        let state = self.state.lock().expect("state lock");
+        crate::policy::input_from_state(&state, &index, crate::policy::local_addresses(), &options)
+    }
+
     /// Records the endpoint, publishes it for enrichment, then attaches the
     /// programs; on attach failure the endpoint is forgotten again.
     pub fn register_endpoint(&self, mut reg: EndpointRegistration) -> Result<Endpoint, String> {
@@ -767,9 +776,16 @@ async fn follow_manifests(
         let snap = rx.borrow_and_update().clone();
         if seen_generation != Some(snap.generation) {
             seen_generation = Some(snap.generation);
+            let mut invalid_policies = 0;
             for e in &snap.errors {
                 warn!(error = %e, "manifest refused; other objects stay in force");
+                if let weir_state::manifests::ManifestError::Invalid { object, .. } = e
+                    && object.starts_with("NetworkPolicy ")
+                {
+                    invalid_policies += 1;
+                }
             }
+            shared.metrics.policy_invalid.set(invalid_policies);
             shared
                 .state
                 .lock()
@@ -806,9 +822,15 @@ async fn read_events(
         tokio::select! {
             r = reader.next_batch(READ_BATCH, |ev| {
                 let flow = decoder.decode(ev, &index);
+                let verdict = decoder.policy_verdict(ev, &flow);
                 metrics.observe_flow(&flow);
                 hubble.observe(&flow);
                 store.push(flow);
+                if let Some(v) = verdict {
+                    metrics.observe_flow(&v);
+                    hubble.observe(&v);
+                    store.push(v);
+                }
             }) => { r.context("reading the event ring buffer")?; }
             _ = stop.changed() => return Ok(()),
         }

@@ -65,8 +65,71 @@ pub fn pods() -> Vec<PodSpec> {
     ]
 }
 
+/// The demo's NetworkPolicies: the database namespace admits only what the
+/// shop needs (postgres from the cart, DNS from anywhere), so the
+/// frontend's ping and its port-6379 attempt on postgres are DROPPED with
+/// reason POLICY_DENIED; the shop namespace isolates its pods for ingress
+/// too but runs in audit mode (namespace annotation), so the cart's calls
+/// to the frontend pass with verdict AUDIT. Every flow names the policies
+/// that allowed, denied or audited it.
+pub fn policies() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let policy = |ns: &str, name: &str, spec: serde_json::Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"namespace": ns, "name": name},
+            "spec": spec,
+        })
+    };
+    vec![
+        policy(
+            "db",
+            "postgres-from-cart",
+            json!({
+                "podSelector": {"matchLabels": {"app": "postgres"}},
+                "ingress": [{
+                    "from": [{
+                        "namespaceSelector": {"matchLabels": {"team": "shop"}},
+                        "podSelector": {"matchLabels": {"app": "cart"}},
+                    }],
+                    "ports": [{"port": 5432, "protocol": "TCP"}],
+                }],
+            }),
+        ),
+        policy(
+            "db",
+            "dns-from-anywhere",
+            json!({
+                "podSelector": {"matchLabels": {"app": "dns"}},
+                "ingress": [{
+                    "from": [{"namespaceSelector": {}}],
+                    "ports": [{"port": 53, "protocol": "UDP"}],
+                }],
+            }),
+        ),
+        policy(
+            "shop",
+            "default-deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+        policy(
+            "shop",
+            "cart-from-frontend",
+            json!({
+                "podSelector": {"matchLabels": {"app": "cart"}},
+                "ingress": [{
+                    "from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
+                    "ports": [{"port": 8080}],
+                }],
+            }),
+        ),
+    ]
+}
+
 /// The traffic the demo repeats: one probe per tick, IPv4 and IPv6 alike.
-/// The port 6379 probe is refused on purpose (a TCP RST shows up in flows).
+/// Under [`policies`]: frontend -> postgres (ping, port 6379) is dropped,
+/// cart -> frontend is audited, the rest is allowed.
 pub fn traffic() -> Vec<ProbeSpec> {
     let base = [
         ProbeSpec::tcp("shop/frontend", "shop/cart", 8080),
@@ -126,12 +189,20 @@ async fn run_async(opts: DemoOptions) -> anyhow::Result<()> {
 
     let setup = async {
         let mut lab = Lab::start(options).await.context("starting the lab")?;
-        lab.add_namespace(NamespaceSpec::new("shop").label("team", "shop"))?;
+        lab.add_namespace(
+            NamespaceSpec::new("shop")
+                .label("team", "shop")
+                .annotation("policy.weir.dev/audit", "true"),
+        )?;
         lab.add_namespace(NamespaceSpec::new("db").label("team", "data"))?;
         // A failed pod still belongs to `lab`, so clean-up covers it.
         if let Err(e) = lab.add_pods(pods()).await {
             let _ = lab.shutdown().await;
             return Err(anyhow::Error::new(e).context("setting up the demo pods"));
+        }
+        if let Err(e) = lab.apply(&policies()).await {
+            let _ = lab.shutdown().await;
+            return Err(anyhow::Error::new(e).context("applying the demo policies"));
         }
         anyhow::Ok(lab)
     };
@@ -199,6 +270,9 @@ async fn drive_traffic(lab: &Lab) -> anyhow::Result<()> {
 pub fn banner(lab: &Lab) -> String {
     let mut s = String::new();
     s.push_str("weir demo: a node with 4 pods in 2 namespaces, traffic every 250 ms\n");
+    s.push_str(
+        "  policies       db admits postgres from the cart and DNS from anywhere (the rest is\n                 DROPPED); shop denies other ingress in audit mode (AUDIT verdicts)\n",
+    );
     for (key, ips) in lab.pod_ips() {
         let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
         s.push_str(&format!("  pod {key:<14} {}\n", ips.join("  ")));

@@ -59,10 +59,14 @@ pub fn pod_file(ns: &str, name: &str) -> String {
 pub fn namespace(ns: &NamespaceSpec) -> Value {
     let mut labels = ns.labels.clone();
     labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
+    let mut metadata = json!({ "name": ns.name, "labels": labels });
+    if !ns.annotations.is_empty() {
+        metadata["annotations"] = json!(ns.annotations);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": { "name": ns.name, "labels": labels },
+        "metadata": metadata,
     })
 }
 

@@ -15,6 +15,9 @@ pub struct NamespaceSpec {
     /// The lab adds `kubernetes.io/metadata.name` itself.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Annotations, e.g. `policy.weir.dev/audit: "true"`.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl NamespaceSpec {
@@ -23,12 +26,19 @@ impl NamespaceSpec {
         Self {
             name: name.to_string(),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
     /// Adds a label.
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Adds an annotation.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.to_string(), value.to_string());
         self
     }
 }

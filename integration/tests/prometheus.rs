@@ -27,10 +27,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use weir_integration::{Lab, NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
 
-/// Why nothing is dropped in the lab.
-const NO_POLICY: &str =
-    "the lab applies no network policy, so nothing is dropped or judged by policy";
-
 /// The agent's Hubble metric options in this test: the defaults plus the
 /// contexts the per-namespace and per-pod drop panels need (see
 /// dashboards/README.md).
@@ -48,24 +44,7 @@ const METRICS_CONFIG: &str = r#"metrics:
 /// Panels (by title, unique across dashboards) and recording rules (by
 /// name) that the lab's traffic cannot feed yet, with the reason. Everything
 /// else must return data.
-const NOT_FED_YET: &[(&str, &str)] = &[
-    // Weir / Drops
-    ("Dropped flows by node", NO_POLICY),
-    ("Drops by reason and protocol", NO_POLICY),
-    ("Drops by source namespace", NO_POLICY),
-    ("Drops by destination namespace", NO_POLICY),
-    ("Top dropped source pods", NO_POLICY),
-    ("Top dropped destination pods", NO_POLICY),
-    // Weir / Network policy
-    ("Policy verdicts by action", NO_POLICY),
-    ("Policy verdicts by direction and match", NO_POLICY),
-    ("Denied by policy", NO_POLICY),
-    ("Policy verdict events by verdict", NO_POLICY),
-    (
-        "Policies in the cluster model",
-        "the cluster model has no NetworkPolicy kind yet (agent/state), so weir_state_objects has no *Policy series",
-    ),
-];
+const NOT_FED_YET: &[(&str, &str)] = &[];
 
 /// Grafana's `$__rate_interval` for a 1 s scrape, with margin.
 const RATE_INTERVAL: &str = "15s";
@@ -333,21 +312,48 @@ async fn every_dashboard_panel_fed_by_the_lab_returns_data_from_a_real_prometheu
             .label("app", "b")
             .port(PortSpec::tcp(80))
             .port(PortSpec::udp(53)),
+        PodSpec::new("y", "c")
+            .label("app", "c")
+            .port(PortSpec::tcp(80)),
     ])
     .await
     .expect("pods come up");
+    // Policy: y/b admits everything from namespace x (allowed verdicts),
+    // y/c admits nothing (drops, denied verdicts).
+    let policy = |name: &str, spec: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "y", "name": name}, "spec": spec,
+        })
+    };
+    lab.apply(&[
+        policy(
+            "b-from-x",
+            serde_json::json!({
+                "podSelector": {"matchLabels": {"app": "b"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}]}],
+            }),
+        ),
+        policy(
+            "c-deny-all",
+            serde_json::json!({"podSelector": {"matchLabels": {"app": "c"}}, "policyTypes": ["Ingress"]}),
+        ),
+    ])
+    .await
+    .expect("policies applied");
     let target = lab.metrics_addr().expect("agent metrics address");
     let rules = workspace_root().join("dashboards/rules/weir.rules.yaml");
     let prom = Prometheus::start(&bin, target, &rules);
 
     // Traffic of every kind, in a loop: answered TCP (v4 and v6), UDP and
-    // ICMP, and a TCP connection refused with a RST.
+    // ICMP, a TCP connection refused with a RST, and one dropped by policy.
     let specs = [
         ProbeSpec::tcp("x/a", "y/b", 80),
         ProbeSpec::tcp("x/a", "y/b", 80).ipv6(),
         ProbeSpec::udp("x/a", "y/b", 53),
         ProbeSpec::icmp("x/a", "y/b"),
         ProbeSpec::tcp("y/b", "x/a", 81).timeout(Duration::from_millis(300)),
+        ProbeSpec::tcp("x/a", "y/c", 80).timeout(Duration::from_millis(300)),
     ];
     let started = now();
     let until = Instant::now() + TRAFFIC;
@@ -357,6 +363,7 @@ async fn every_dashboard_panel_fed_by_the_lab_returns_data_from_a_real_prometheu
         for r in &results[..4] {
             assert!(r.connected, "{r:?}");
         }
+        assert!(!results[5].connected, "dropped by policy: {:?}", results[5]);
         rounds += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -20,11 +20,11 @@ use weir_state::{EndpointIndex, EndpointMeta};
 
 use crate::attribution::Attribution;
 use crate::flow::{
-    CiliumEventType, DropReason, EVENT_TYPE_DROP, EVENT_TYPE_TRACE, EmitReason, Endpoint, Flow,
-    FlowExtensions, FlowType, Icmp, Ip, IpVersion, Layer4, NetworkInterface, Policies,
-    TRACE_SUB_TYPE_FROM_ENDPOINT, TRACE_SUB_TYPE_TO_ENDPOINT, Tcp, TcpFlags, Timestamp,
-    TraceObservationPoint, TrafficDirection, Udp, Verdict, Workload, icmpv4_summary,
-    icmpv6_summary,
+    CiliumEventType, DropReason, EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, EVENT_TYPE_TRACE,
+    EmitReason, Endpoint, Flow, FlowExtensions, FlowType, Icmp, Ip, IpVersion, Layer4,
+    NetworkInterface, Policies, TRACE_SUB_TYPE_FROM_ENDPOINT, TRACE_SUB_TYPE_TO_ENDPOINT, Tcp,
+    TcpFlags, Timestamp, TraceObservationPoint, TrafficDirection, Udp, Verdict, Workload,
+    icmpv4_summary, icmpv6_summary,
 };
 
 /// How often (in event time) the wall-clock offset is re-read, so NTP
@@ -250,6 +250,28 @@ impl Decoder {
             egress_denied_by,
             ingress_denied_by,
         }
+    }
+
+    /// The policy-verdict flow that goes with `flow` (decoded from `ev`),
+    /// as Cilium emits one beside the trace or drop event of a packet whose
+    /// connection policy just decided: the first packet of a new connection
+    /// (or any dropped or audited packet) at an endpoint isolated in that
+    /// direction. Same flow, `event_type` PolicyVerdict; `None` otherwise.
+    pub fn policy_verdict(&mut self, ev: &FlowEvent, flow: &Flow) -> Option<Flow> {
+        let decided = ev.policy_attr != 0
+            && ev.flags & flag::REPLY == 0
+            && (ev.emit_reason == emit::NEW
+                || ev.emit_reason == emit::PACKET && ev.verdict != verdict::FORWARDED);
+        if !decided {
+            return None;
+        }
+        let mut v = flow.clone();
+        v.uuid = self.uuids.next();
+        v.event_type = Some(CiliumEventType {
+            r#type: EVENT_TYPE_POLICY_VERDICT,
+            sub_type: 0,
+        });
+        Some(v)
     }
 
     /// The flow endpoint for `ip`: the cached conversion of its index entry,

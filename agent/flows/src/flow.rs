@@ -30,6 +30,9 @@ use crate::pbjson::{self, is_false, is_zero, proto_enum};
 pub const EVENT_TYPE_TRACE: i32 = 4;
 /// The `event_type.type` of drop events (Cilium's `MessageTypeDrop`).
 pub const EVENT_TYPE_DROP: i32 = 1;
+/// The `event_type.type` of policy-verdict events (Cilium's
+/// `MessageTypePolicyVerdict`): one per policy decision on a new connection.
+pub const EVENT_TYPE_POLICY_VERDICT: i32 = 5;
 /// `event_type.sub_type` of a trace seen at TO_ENDPOINT (Cilium's `TraceToLxc`).
 pub const TRACE_SUB_TYPE_TO_ENDPOINT: i32 = 0;
 /// `event_type.sub_type` of a trace seen at FROM_ENDPOINT (Cilium's `TraceFromLxc`).

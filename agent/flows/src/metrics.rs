@@ -179,6 +179,8 @@ pub struct Metrics {
     pub policy_syncs: IntCounter,
     /// weir_policy_map_write_errors_total
     pub policy_map_write_errors: IntCounter,
+    /// weir_policy_invalid
+    pub policy_invalid: IntGauge,
     datapath_info: IntGaugeVec,
     state_objects: IntGaugeVec,
     /// weir_state_sync_errors_total
@@ -514,6 +516,11 @@ impl Metrics {
                 r,
                 "weir_policy_policies",
                 "NetworkPolicies compiled into the datapath.",
+            )?,
+            policy_invalid: gauge(
+                r,
+                "weir_policy_invalid",
+                "NetworkPolicies refused as invalid right now (each keeps its last good version, if any; the others stay enforced).",
             )?,
             policy_generation: gauge(
                 r,

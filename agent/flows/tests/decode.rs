@@ -595,3 +595,50 @@ fn policy_attribution_goes_to_the_deciding_direction() {
     );
     assert_eq!(table.len(), 2);
 }
+
+#[test]
+fn policy_verdict_flows_accompany_decisions_only() {
+    let mut d = decoder();
+    let mut ev = tcp_v4_syn();
+    // No policy applied (attr 0): no verdict event.
+    let f = d.decode(&ev, &index());
+    assert!(d.policy_verdict(&ev, &f).is_none());
+    // A new connection decided at an isolated endpoint.
+    ev.policy_attr = 9;
+    ev.emit_reason = emit::NEW;
+    let f = d.decode(&ev, &index());
+    let v = d.policy_verdict(&ev, &f).expect("a verdict event");
+    assert_eq!(
+        v.event_type,
+        Some(CiliumEventType {
+            r#type: 5,
+            sub_type: 0
+        })
+    );
+    assert_ne!(v.uuid, f.uuid);
+    assert_eq!(
+        (v.verdict, v.traffic_direction),
+        (f.verdict, f.traffic_direction)
+    );
+    // Later events of the connection, and replies, are not decisions.
+    ev.emit_reason = emit::TCP_FLAG;
+    let f = d.decode(&ev, &index());
+    assert!(d.policy_verdict(&ev, &f).is_none());
+    ev.emit_reason = emit::NEW;
+    ev.flags = flag::REPLY;
+    let f = d.decode(&ev, &index());
+    assert!(d.policy_verdict(&ev, &f).is_none());
+    // Every dropped packet is one.
+    ev.flags = 0;
+    ev.emit_reason = emit::PACKET;
+    ev.verdict = verdict::DROPPED;
+    ev.drop_reason = 133;
+    let f = d.decode(&ev, &index());
+    let v = d.policy_verdict(&ev, &f).expect("a drop's verdict");
+    assert_eq!(v.verdict, Verdict::Dropped);
+    assert_eq!(
+        f.event_type.unwrap().r#type,
+        1,
+        "the drop itself stays a drop event"
+    );
+}

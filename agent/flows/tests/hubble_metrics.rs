@@ -489,7 +489,8 @@ fn icmp_family_uses_gopacket_type_names() {
 #[test]
 fn policy_family_counts_policy_verdict_events_only() {
     let (r, m) = metrics(&["policy"], 100);
-    // Weir emits no policy-verdict events yet: ordinary flows count nothing.
+    // Trace and drop flows count nothing: only the policy-verdict events the
+    // decoder adds beside a decision (Decoder::policy_verdict) do.
     m.observe(&flow(tcp(80, SYN)));
     m.observe(&dropped(flow(tcp(80, SYN)), DropReason::PolicyDenied));
     assert_eq!(count(&samples(&r), "hubble_policy_verdicts_total"), 0);

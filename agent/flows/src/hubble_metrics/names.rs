@@ -8,7 +8,7 @@ use crate::flow::{EVENT_TYPE_DROP, EVENT_TYPE_TRACE, Flow, Layer4, Verdict};
 /// Cilium's `MessageTypeCapture`.
 pub(crate) const EVENT_TYPE_CAPTURE: i32 = 3;
 /// Cilium's `MessageTypePolicyVerdict`.
-pub(crate) const EVENT_TYPE_POLICY_VERDICT: i32 = 5;
+pub(crate) use crate::flow::EVENT_TYPE_POLICY_VERDICT;
 /// Cilium's `MessageTypeAccessLog` (L7 records).
 pub(crate) const EVENT_TYPE_ACCESS_LOG: i32 = 129;
 /// Cilium's reserved `host` identity (policy verdicts from it are not counted).
