@@ -1,11 +1,14 @@
-//! Loading the eBPF object, attaching and detaching it, and reading its
+//! Loading the eBPF object, attaching and detaching it (tc programs on
+//! interfaces, cgroup programs on cgroup directories), and reading its
 //! counters. Owns the `aya::Ebpf` instance and every map handle except the
 //! ring buffer once [`Datapath::take_events`] has handed it out.
 
 use std::{
     collections::BTreeMap,
     ffi::CString,
+    fs::File,
     io,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -13,7 +16,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SchedClassifier,
+        TcAttachType,
+        cgroup_skb::CgroupSkbLinkId,
         links::LinkOrder,
         tc::{self, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
@@ -24,7 +29,7 @@ use weir_common::{
     CtKey, CtValue, DatapathConfig, FlowEvent, defaults, maps, parse_error, programs, stat,
 };
 
-use crate::{events::EventReader, policy::PolicyMaps, ring_fill::RingFill};
+use crate::{cgroup, events::EventReader, policy::PolicyMaps, ring_fill::RingFill};
 
 /// The object built by `build.rs` from ebpf/programs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir-ebpf"));
@@ -131,7 +136,7 @@ pub enum DatapathError {
         source: Box<EbpfError>,
     },
     /// A program is missing from the object or has the wrong type.
-    #[error("program {program} is missing from the eBPF object or is not a tc classifier")]
+    #[error("program {program} is missing from the eBPF object or has the wrong program type")]
     MissingProgram { program: &'static str },
     /// The kernel refused a program (the source carries the verifier log).
     #[error("loading program {program} failed")]
@@ -186,6 +191,30 @@ pub enum DatapathError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// The cgroup to attach to could not be read (not a cgroup v2
+    /// directory, does not exist ...).
+    #[error("cgroup {path} cannot be attached to")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: Box<cgroup::CgroupError>,
+    },
+    /// Attaching a program to a cgroup failed.
+    #[error("attaching {program} to cgroup {path} failed")]
+    CgroupAttach {
+        path: PathBuf,
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// Detaching a program from a cgroup failed.
+    #[error("detaching {program} from cgroup {path} failed")]
+    CgroupDetach {
+        path: PathBuf,
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
     /// [`Datapath::take_events`] was already called.
     #[error("the event reader was already taken")]
     EventsTaken,
@@ -211,6 +240,21 @@ const HOOKS: [(&str, TcAttachType); 2] = [
     (programs::TO_ENDPOINT, TcAttachType::Egress),
 ];
 
+/// The programs attached to one cgroup.
+#[derive(Debug)]
+struct CgroupAttachment {
+    /// The cgroup's id when it was attached (a recreated directory has another).
+    id: u64,
+    /// Link ids, one per program, in [`CGROUP_HOOKS`] order.
+    links: [CgroupSkbLinkId; 2],
+}
+
+/// The two cgroup programs with their hook, in attach order.
+const CGROUP_HOOKS: [(&str, CgroupSkbAttachType); 2] = [
+    (programs::CGROUP_EGRESS, CgroupSkbAttachType::Egress),
+    (programs::CGROUP_INGRESS, CgroupSkbAttachType::Ingress),
+];
+
 /// The loaded datapath. Dropping it detaches everything it attached (tcx
 /// links close; clsact filters are removed through netlink in the dropping
 /// thread's namespace, so drop it there or call [`Datapath::detach`] first).
@@ -218,6 +262,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     mode: AttachMode,
     attachments: BTreeMap<String, Attachment>,
+    cgroup_attachments: BTreeMap<PathBuf, CgroupAttachment>,
     stats: PerCpuArray<MapData, u64>,
     parse_errors: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
@@ -242,6 +287,7 @@ impl std::fmt::Debug for Datapath {
         f.debug_struct("Datapath")
             .field("mode", &self.mode)
             .field("attached", &self.attachments)
+            .field("attached_cgroups", &self.cgroup_attachments)
             .field("events_taken", &self.events.is_none())
             .finish_non_exhaustive()
     }
@@ -275,6 +321,14 @@ impl Datapath {
 
         for (program, _) in HOOKS {
             classifier_mut(&mut ebpf, program)?
+                .load()
+                .map_err(|source| DatapathError::ProgramLoad {
+                    program,
+                    source: Box::new(source),
+                })?;
+        }
+        for (program, _) in CGROUP_HOOKS {
+            cgroup_skb_mut(&mut ebpf, program)?
                 .load()
                 .map_err(|source| DatapathError::ProgramLoad {
                     program,
@@ -336,6 +390,7 @@ impl Datapath {
             take_map(&mut ebpf, maps::POLICY)?,
             take_map(&mut ebpf, maps::IPCACHE)?,
             take_map(&mut ebpf, maps::CIDR_CELLS)?,
+            take_map(&mut ebpf, maps::CGROUP_EP)?,
             take_map(&mut ebpf, maps::CONFIG)?,
             config,
         )?;
@@ -353,6 +408,7 @@ impl Datapath {
             ebpf,
             mode,
             attachments: BTreeMap::new(),
+            cgroup_attachments: BTreeMap::new(),
             stats,
             parse_errors,
             conntrack,
@@ -483,6 +539,135 @@ impl Datapath {
         self.attachments.keys().cloned().collect()
     }
 
+    /// Attaches the cgroup programs (`cgroup_skb/egress` and
+    /// `cgroup_skb/ingress`) to the cgroup v2 directory `path` and returns
+    /// its cgroup id (see [`cgroup::cgroup_id`]).
+    ///
+    /// They then run for every socket of that cgroup and of the cgroups
+    /// below it, present and future, and police and report that traffic as
+    /// the endpoint `CGROUP_EP` names for the socket's cgroup (or its
+    /// nearest registered ancestor). Write that entry and the endpoint's
+    /// `POLICY_EP` entry *before* attaching: a socket whose cgroup has no
+    /// entry passes unpoliced (counted as `stat::CGROUP_UNKNOWN`).
+    ///
+    /// Attached as bpf links (kernel >= 5.7), which coexist with other
+    /// programs on the same cgroup (all must pass a packet) and detach when
+    /// the datapath is dropped. Attaching an attached cgroup is a no-op; if
+    /// the directory was recreated (another id), the stale attachment is
+    /// dropped and a new one made. Cgroups live in the mount namespace, not
+    /// the network namespace: no `setns()` is needed.
+    pub fn attach_cgroup(&mut self, path: &Path) -> Result<u64, DatapathError> {
+        let cgroup_err = |source| DatapathError::Cgroup {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        let id = cgroup::cgroup_id(path).map_err(cgroup_err)?;
+        if let Some(existing) = self.cgroup_attachments.get(path) {
+            if existing.id == id {
+                return Ok(id);
+            }
+            debug!(
+                path = %path.display(),
+                old = existing.id,
+                new = id,
+                "cgroup was recreated; re-attaching"
+            );
+            self.detach_cgroup(path)?;
+        }
+        let dir = File::open(path).map_err(|source| {
+            cgroup_err(cgroup::CgroupError::Io {
+                path: path.to_path_buf(),
+                what: "open",
+                source,
+            })
+        })?;
+
+        let mut links = Vec::with_capacity(CGROUP_HOOKS.len());
+        for (program, attach_type) in CGROUP_HOOKS {
+            // Single is the flags value 0 that bpf_link_create requires for
+            // cgroups; a link never excludes other programs on the cgroup.
+            let result = cgroup_skb_mut(&mut self.ebpf, program).and_then(|prog| {
+                prog.attach(&dir, attach_type, CgroupAttachMode::Single)
+                    .map_err(|source| DatapathError::CgroupAttach {
+                        path: path.to_path_buf(),
+                        program,
+                        source: Box::new(source),
+                    })
+            });
+            match result {
+                Ok(link) => links.push((program, link)),
+                Err(error) => {
+                    // Leave nothing half attached.
+                    for (program, link) in links {
+                        if let Ok(prog) = cgroup_skb_mut(&mut self.ebpf, program)
+                            && let Err(undo) = prog.detach(link)
+                        {
+                            warn!(
+                                path = %path.display(),
+                                program,
+                                error = %undo,
+                                "undoing a partial cgroup attach failed"
+                            );
+                        }
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        let mut ids = links.into_iter().map(|(_, link)| link);
+        let (Some(egress), Some(ingress)) = (ids.next(), ids.next()) else {
+            unreachable!("CGROUP_HOOKS has two entries");
+        };
+        self.cgroup_attachments.insert(
+            path.to_path_buf(),
+            CgroupAttachment {
+                id,
+                links: [egress, ingress],
+            },
+        );
+        debug!(path = %path.display(), cgroup_id = id, "attached to cgroup");
+        Ok(id)
+    }
+
+    /// Detaches the cgroup programs from `path`. Not attached: `Ok`. Works
+    /// after the directory was removed (closing the links is all it takes).
+    pub fn detach_cgroup(&mut self, path: &Path) -> Result<(), DatapathError> {
+        let Some(attachment) = self.cgroup_attachments.remove(path) else {
+            return Ok(());
+        };
+        let mut first_error = None;
+        for ((program, _), link) in CGROUP_HOOKS.into_iter().zip(attachment.links) {
+            let result = cgroup_skb_mut(&mut self.ebpf, program).and_then(|prog| {
+                prog.detach(link)
+                    .map_err(|source| DatapathError::CgroupDetach {
+                        path: path.to_path_buf(),
+                        program,
+                        source: Box::new(source),
+                    })
+            });
+            if let Err(error) = result
+                && first_error.is_none()
+            {
+                first_error = Some(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => {
+                debug!(path = %path.display(), cgroup_id = attachment.id, "detached from cgroup");
+                Ok(())
+            }
+        }
+    }
+
+    /// The cgroups the cgroup programs are attached to, with their ids.
+    pub fn attached_cgroups(&self) -> Vec<(PathBuf, u64)> {
+        self.cgroup_attachments
+            .iter()
+            .map(|(path, a)| (path.clone(), a.id))
+            .collect()
+    }
+
     /// The attach mode chosen at load.
     pub fn attach_mode(&self) -> AttachMode {
         self.mode
@@ -541,6 +726,17 @@ impl Datapath {
         let name = match obs_point {
             weir_common::obs::FROM_ENDPOINT => programs::FROM_ENDPOINT,
             weir_common::obs::TO_ENDPOINT => programs::TO_ENDPOINT,
+            _ => return None,
+        };
+        self.ebpf.program(name).and_then(|p| p.try_into().ok())
+    }
+
+    /// The cgroup program of `obs_point` (`FROM_ENDPOINT`: egress,
+    /// `TO_ENDPOINT`: ingress), for tests.
+    pub(crate) fn cgroup_program(&self, obs_point: u8) -> Option<&CgroupSkb> {
+        let name = match obs_point {
+            weir_common::obs::FROM_ENDPOINT => programs::CGROUP_EGRESS,
+            weir_common::obs::TO_ENDPOINT => programs::CGROUP_INGRESS,
             _ => return None,
         };
         self.ebpf.program(name).and_then(|p| p.try_into().ok())
@@ -636,6 +832,15 @@ fn classifier_mut<'a>(
         .ok_or(DatapathError::MissingProgram { program })
 }
 
+fn cgroup_skb_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut CgroupSkb, DatapathError> {
+    ebpf.program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::MissingProgram { program })
+}
+
 fn sum_per_cpu(
     map: &PerCpuArray<MapData, u64>,
     name: &'static str,
@@ -719,6 +924,9 @@ mod tests {
         for name in [
             programs::FROM_ENDPOINT,
             programs::TO_ENDPOINT,
+            programs::CGROUP_EGRESS,
+            programs::CGROUP_INGRESS,
+            maps::CGROUP_EP,
             maps::EVENTS,
             maps::CONNTRACK,
             maps::STATS,

@@ -4,10 +4,11 @@
 //! `ebpf/programs` (by `build.rs`, through aya-build), loads it with the map
 //! sizes the agent chose, writes the runtime configuration, attaches the two
 //! tc programs to endpoint interfaces (tcx on kernels >= 6.6, else clsact +
-//! direct-action cls_bpf), and hands out the ring-buffer reader and counters.
+//! direct-action cls_bpf) and the two cgroup programs to hostNetwork pods'
+//! cgroup v2 directories, and hands out the ring-buffer reader and counters.
 //!
 //! It knows nothing about Kubernetes, pods or identities: callers speak in
-//! interface names, and get raw [`weir_common::FlowEvent`]s back.
+//! interface names and cgroup paths, and get raw [`weir_common::FlowEvent`]s back.
 //!
 //! # Network namespaces and threads
 //!
@@ -23,6 +24,7 @@
 //! into a task. [`Datapath`] is `Send` and is meant to be owned by one task or
 //! behind a mutex.
 
+pub mod cgroup;
 mod datapath;
 mod events;
 mod policy;

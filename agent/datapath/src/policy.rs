@@ -1,6 +1,7 @@
 //! The policy maps as the agent writes them: per-endpoint state
 //! (`POLICY_EP`), allow rules (`POLICY`), address identities (`IPCACHE`),
-//! `ipBlock` cells (`CIDR_CELLS`) and the policy generation in `CONFIG`.
+//! `ipBlock` cells (`CIDR_CELLS`), the endpoints of hostNetwork pods'
+//! cgroups (`CGROUP_EP`) and the policy generation in `CONFIG`.
 //!
 //! Plain writes and deletes of entries the caller computed (the compiler
 //! lives in weir-policy); nothing here knows what a NetworkPolicy is. The
@@ -8,7 +9,9 @@
 //! the new state allow (add, then delete, then [`PolicyMaps::bump_generation`]).
 
 use aya::maps::{Array, HashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
-use weir_common::{DatapathConfig, EndpointPolicy, IpKey, PolicyKey, PolicyValue, maps};
+use weir_common::{
+    CgroupEndpoint, DatapathConfig, EndpointPolicy, IpKey, PolicyKey, PolicyValue, maps,
+};
 
 use crate::DatapathError;
 
@@ -18,6 +21,7 @@ pub struct PolicyMaps {
     rules: LpmTrie<MapData, PolicyKey, PolicyValue>,
     ipcache: HashMap<MapData, IpKey, u32>,
     cidr_cells: LpmTrie<MapData, IpKey, u32>,
+    cgroups: HashMap<MapData, u64, CgroupEndpoint>,
     config: Array<MapData, DatapathConfig>,
     config_value: DatapathConfig,
 }
@@ -59,6 +63,7 @@ impl PolicyMaps {
         rules: aya::maps::Map,
         ipcache: aya::maps::Map,
         cidr_cells: aya::maps::Map,
+        cgroups: aya::maps::Map,
         config: aya::maps::Map,
         config_value: DatapathConfig,
     ) -> Result<Self, DatapathError> {
@@ -67,6 +72,7 @@ impl PolicyMaps {
             rules: LpmTrie::try_from(rules).map_err(map_err(maps::POLICY))?,
             ipcache: HashMap::try_from(ipcache).map_err(map_err(maps::IPCACHE))?,
             cidr_cells: LpmTrie::try_from(cidr_cells).map_err(map_err(maps::CIDR_CELLS))?,
+            cgroups: HashMap::try_from(cgroups).map_err(map_err(maps::CGROUP_EP))?,
             config: Array::try_from(config).map_err(map_err(maps::CONFIG))?,
             config_value,
         })
@@ -135,6 +141,64 @@ impl PolicyMaps {
             self.cidr_cells.remove(&Key::new(prefix_len, key)),
             maps::CIDR_CELLS,
         )
+    }
+
+    /// Makes the sockets of cgroup `cgroup_id` (see
+    /// [`crate::cgroup::cgroup_id`]) the endpoint `value.endpoint` with
+    /// identity `value.identity`: the cgroup hooks police and report their
+    /// traffic under that synthetic endpoint id (give it a `POLICY_EP`
+    /// entry and rules like any endpoint), and the tc hooks see their
+    /// locally sent packets as that identity instead of HOST. Write the
+    /// pod's cgroup and each existing descendant
+    /// ([`crate::cgroup::descendants`]); later ones resolve to the pod
+    /// through the nearest registered ancestor.
+    pub fn set_cgroup(
+        &mut self,
+        cgroup_id: u64,
+        value: CgroupEndpoint,
+    ) -> Result<(), DatapathError> {
+        self.cgroups
+            .insert(cgroup_id, value, 0)
+            .map_err(map_err(maps::CGROUP_EP))
+    }
+
+    /// Forgets a cgroup's endpoint (its sockets are node traffic again).
+    /// See [`PolicyMaps::remove_cgroups_of`] for the entries the programs
+    /// added themselves.
+    pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<(), DatapathError> {
+        absent_ok(self.cgroups.remove(&cgroup_id), maps::CGROUP_EP)
+    }
+
+    /// Removes every `CGROUP_EP` entry of `endpoint` and returns how many
+    /// there were. Besides the entries the agent wrote, the cgroup programs
+    /// add one for each cgroup they resolved through a registered ancestor
+    /// (a container cgroup created after the agent looked), copying the
+    /// ancestor's value: remove an endpoint with this, and change its
+    /// identity by removing and setting again, so none of those copies is
+    /// left behind. O(entries in the map).
+    pub fn remove_cgroups_of(&mut self, endpoint: u32) -> Result<usize, DatapathError> {
+        let mut ids = Vec::new();
+        for entry in self.cgroups.iter() {
+            match entry {
+                Ok((id, value)) if value.endpoint == endpoint => ids.push(id),
+                Ok(_) => {}
+                // Removed while we walked: nothing to do for it.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(maps::CGROUP_EP)(source)),
+            }
+        }
+        for id in &ids {
+            self.remove_cgroup(*id)?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Every `CGROUP_EP` entry: cgroup id and endpoint.
+    pub fn cgroups(&self) -> Result<Vec<(u64, CgroupEndpoint)>, DatapathError> {
+        self.cgroups
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::CGROUP_EP))
     }
 
     /// Starts a new policy generation: established connections have their

@@ -13,9 +13,15 @@
 //! `ifindex` (`EINVAL`) get the run retried without one;
 //! [`RunOutcome::ifindex_applied`] says which happened.
 //!
+//! The cgroup programs run the same way ([`run_cgroup`]): the kernel
+//! strips the Ethernet header and hands them the skb from the network
+//! header, owned by a socket it creates for the run in the *calling
+//! thread's* cgroup (so `bpf_skb_cgroup_id` is the test process's cgroup)
+//! and network namespace (where socket lookups go).
+//!
 //! Nothing here is used by the agent.
 
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions, TestRunResult};
 use weir_common::{CtKey, CtValue, FlowEvent};
 
 use crate::{Datapath, DatapathError};
@@ -68,7 +74,30 @@ pub fn run(
     let program = datapath
         .classifier(obs_point)
         .ok_or(TestingError::UnknownObsPoint(obs_point))?;
+    run_with(|opts| program.test_run(opts), packet, ifindex)
+}
 
+/// Runs the cgroup program of `obs_point` (`FROM_ENDPOINT`: the egress
+/// hook, `TO_ENDPOINT`: the ingress hook) once on `packet`, a full Ethernet
+/// frame as for [`run`]. Its return value is the cgroup hook's: 1 passes,
+/// 0 drops.
+pub fn run_cgroup(
+    datapath: &Datapath,
+    obs_point: u8,
+    packet: &[u8],
+    ifindex: Option<u32>,
+) -> Result<RunOutcome, TestingError> {
+    let program = datapath
+        .cgroup_program(obs_point)
+        .ok_or(TestingError::UnknownObsPoint(obs_point))?;
+    run_with(|opts| program.test_run(opts), packet, ifindex)
+}
+
+fn run_with(
+    test_run: impl Fn(TestRunOptions<'_>) -> Result<TestRunResult, ProgramError>,
+    packet: &[u8],
+    ifindex: Option<u32>,
+) -> Result<RunOutcome, TestingError> {
     if let Some(ifindex) = ifindex {
         let mut ctx = [0u8; SK_BUFF_CTX_LEN];
         ctx[SK_BUFF_IFINDEX_OFFSET..SK_BUFF_IFINDEX_OFFSET + 4]
@@ -78,7 +107,7 @@ pub fn run(
             ctx_in: Some(&ctx),
             ..TestRunOptions::default()
         };
-        match program.test_run(opts) {
+        match test_run(opts) {
             Ok(result) => {
                 return Ok(RunOutcome {
                     return_value: result.return_value as i32,
@@ -103,7 +132,7 @@ pub fn run(
         data_in: Some(packet),
         ..TestRunOptions::default()
     };
-    let result = program.test_run(opts).map_err(|source| TestingError::Run {
+    let result = test_run(opts).map_err(|source| TestingError::Run {
         source: Box::new(source),
     })?;
     Ok(RunOutcome {

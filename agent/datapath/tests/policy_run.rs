@@ -388,3 +388,36 @@ fn neighbour_discovery_and_icmp_errors_are_never_policed() {
     assert_eq!(h.run(obs::TO_ENDPOINT, &echo6).0, DROP);
     assert_eq!(h.stat(stat::POLICY_DENIED), 1);
 }
+
+#[test]
+fn sctp_ports_are_policed_like_udp_ports() {
+    if !privileged("sctp_ports_are_policed_like_udp_ports") {
+        return;
+    }
+    let mut h = H::new();
+    h.endpoint(ep_flag::INGRESS_ENFORCED);
+    h.rule(
+        policy_prefix::FULL,
+        rule(PEER_ID, direction::INGRESS, 132, 5000),
+        21,
+    );
+    // SCTP common header (ports, verification tag, checksum) + an INIT chunk header.
+    let sctp = |sport: u16, dport: u16| {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&sport.to_be_bytes());
+        l4.extend_from_slice(&dport.to_be_bytes());
+        l4.extend_from_slice(&[0; 8]);
+        l4.extend_from_slice(&[1, 0, 0, 4]);
+        ipv4(PEER, POD, 132, &l4)
+    };
+    let (rc, evs) = h.run(obs::TO_ENDPOINT, &sctp(40000, 5000));
+    assert_eq!(rc, 0);
+    assert_eq!(
+        (evs[0].src_port, evs[0].dst_port, evs[0].policy_attr),
+        (40000, 5000, 21)
+    );
+    assert_eq!(h.run(obs::TO_ENDPOINT, &sctp(40001, 5001)).0, DROP);
+    // Shorter than SCTP's 12-byte common header: a parse error, passed.
+    let short = ipv4(PEER, POD, 132, &[0x9c, 0x40, 0x13, 0x88]);
+    assert_eq!(h.run(obs::TO_ENDPOINT, &short).0, 0);
+}

@@ -15,7 +15,7 @@ use weir_common::identity;
 use crate::cidr::Cidr;
 use crate::compile::{self, Compiler, Origin, Peers, Plan};
 use crate::compiled::Compiled;
-use crate::evaluate::{Lookup, Verdict, cell_of, datapath_port, evaluate_parts, identity_of};
+use crate::evaluate::{Verdict, cell_of, datapath_port, evaluate_parts, identity_of};
 use crate::input::{Input, PodInput, PolicyRef};
 use crate::ports::Block;
 use crate::spec::Direction;
@@ -200,8 +200,12 @@ pub fn explain(input: &Input, query: &ExplainQuery) -> Result<Explanation, Expla
         }
     }
 
-    let side = |pod: Option<&PodInput>, ip: Option<IpAddr>| {
+    // A host-network pod's address is the node's. As a source the datapath
+    // knows its packets by its cgroup and uses its own identity; as a
+    // destination the sender sees only the node's address (HOST).
+    let side = |pod: Option<&PodInput>, ip: Option<IpAddr>, source: bool| {
         let identity = match (ip, pod) {
+            (_, Some(p)) if p.host_network && source => p.identity,
             (Some(ip), _) => identity_of(&compiled, ip),
             (None, Some(p)) => p.identity,
             (None, None) => identity::WORLD,
@@ -219,8 +223,8 @@ pub fn explain(input: &Input, query: &ExplainQuery) -> Result<Explanation, Expla
             endpoint: pod.and_then(|p| p.endpoint),
         }
     };
-    let from = side(Some(src), src_ip);
-    let to = side(dst_pod, dst_ip);
+    let from = side(Some(src), src_ip, true);
+    let to = side(dst_pod, dst_ip, false);
 
     let egress = decide(
         &compiler,
@@ -280,23 +284,6 @@ fn decide(
         .collect();
     isolated_by.sort();
     let endpoint = format!("{}/{}", pod.namespace, pod.name);
-    if pod.host_network {
-        return DirectionExplanation {
-            direction: d,
-            endpoint,
-            enforced: false,
-            isolated_by,
-            verdict: Verdict {
-                allowed: true,
-                audit: false,
-                attr: 0,
-                lookup: Lookup::NoEndpoint,
-            },
-            attribution: Vec::new(),
-            rules: Vec::new(),
-            note: Some("host-network pod: its traffic is not policed yet".into()),
-        };
-    }
     let verdict = evaluate_parts(
         compiled,
         ifindex,

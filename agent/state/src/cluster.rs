@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use weir_localapi::EndpointRegistration;
 
-use crate::identity::{
-    CLUSTER_LOCAL_MIN, IDENTITY_HOST, IDENTITY_INIT, IDENTITY_UNKNOWN, IdentityAllocator,
-};
+use crate::identity::{CLUSTER_LOCAL_MIN, IDENTITY_INIT, IDENTITY_UNKNOWN, IdentityAllocator};
 use crate::index::{EndpointIndex, EndpointMeta};
 use crate::model::{
     Endpoint, Kind, Labels, NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Object, Pod,
@@ -317,7 +315,6 @@ impl ClusterState {
             None => hubble_labels(namespace, self.namespace_labels(namespace), &empty),
         };
         let identity = match pod {
-            Some(p) if p.host_network => IDENTITY_HOST,
             // The CNI did not say which pod this is: labels are unknown.
             None if namespace.is_empty() => IDENTITY_INIT,
             _ => match self.identities.acquire(&labels) {

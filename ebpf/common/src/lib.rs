@@ -20,6 +20,10 @@ pub mod emit {
 }
 
 /// Where on the endpoint's host-side veth the packet was seen.
+///
+/// A cgroup endpoint (a hostNetwork pod, see [`CgroupEndpoint`]) has no
+/// veth: its cgroup's `cgroup_skb/egress` hook reports `FROM_ENDPOINT` and
+/// its `cgroup_skb/ingress` hook `TO_ENDPOINT`.
 pub mod obs {
     /// tc ingress of the host-side veth: the packet leaves the pod (Hubble FROM_ENDPOINT).
     pub const FROM_ENDPOINT: u8 = 1;
@@ -163,7 +167,10 @@ pub mod stat {
     /// New connections whose policy verdict was looked up (conntrack misses
     /// and entries older than the current policy generation).
     pub const POLICY_LOOKUPS: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Packets at a cgroup hook whose socket's cgroup (and every ancestor
+    /// of it) has no `CGROUP_EP` entry: passed unpoliced and unobserved.
+    pub const CGROUP_UNKNOWN: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// The runtime configuration of the programs, one entry of the `CONFIG` array map,
@@ -297,6 +304,31 @@ pub struct EndpointPolicy {
 }
 const _: () = assert!(core::mem::size_of::<EndpointPolicy>() == 16);
 
+/// Value of `CGROUP_EP`, keyed by a cgroup v2 id (the inode number of the
+/// cgroup's directory, what `bpf_skb_cgroup_id` returns): the endpoint
+/// whose sockets live in that cgroup. Used for hostNetwork pods, which share
+/// the node's network namespace and addresses and so are told apart by the
+/// cgroup of their sockets. The agent writes the pod's cgroup and each of
+/// its descendants (containers); a descendant without an entry is found
+/// through its nearest registered ancestor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupEndpoint {
+    /// Synthetic endpoint id in the key space of `POLICY_EP`, `POLICY` and
+    /// [`CtKey::ifindex`], reported as [`FlowEvent::ifindex`]; ids the agent
+    /// assigns have [`CGROUP_ENDPOINT_BIT`] set so they never collide with an
+    /// interface index.
+    pub endpoint: u32,
+    /// The endpoint's security identity, which other endpoints' policies
+    /// see instead of `identity::HOST` for its traffic.
+    pub identity: u32,
+}
+const _: () = assert!(core::mem::size_of::<CgroupEndpoint>() == 8);
+
+/// Set in every synthetic endpoint id of a [`CgroupEndpoint`]: interface
+/// indexes are positive `int`s and never have it.
+pub const CGROUP_ENDPOINT_BIT: u32 = 0x8000_0000;
+
 /// Data of a `POLICY` LPM-trie key (the trie's key is this prefixed by a
 /// 32-bit prefix length). Matched bit by bit in memory order: endpoint and
 /// identity always whole (an `identity::ANY` entry is a separate lookup),
@@ -364,6 +396,8 @@ pub mod maps {
     pub const IPCACHE: &str = "IPCACHE";
     /// LPM trie: [`super::IpKey`] -> CIDR cell identity (`ipBlock` ranges).
     pub const CIDR_CELLS: &str = "CIDR_CELLS";
+    /// Hash: cgroup v2 id (u64) -> [`super::CgroupEndpoint`].
+    pub const CGROUP_EP: &str = "CGROUP_EP";
 }
 
 /// Program names as they appear in the object file.
@@ -372,6 +406,10 @@ pub mod programs {
     pub const FROM_ENDPOINT: &str = "weir_from_endpoint";
     /// Attached to tc egress of the host-side veth (packets to the pod).
     pub const TO_ENDPOINT: &str = "weir_to_endpoint";
+    /// `cgroup_skb/egress` of a hostNetwork pod's cgroup (packets its sockets send).
+    pub const CGROUP_EGRESS: &str = "weir_cgroup_egress";
+    /// `cgroup_skb/ingress` of a hostNetwork pod's cgroup (packets delivered to its sockets).
+    pub const CGROUP_INGRESS: &str = "weir_cgroup_ingress";
 }
 
 /// Default sizes.
@@ -390,6 +428,8 @@ pub mod defaults {
     pub const IPCACHE_ENTRIES: u32 = 131_072;
     /// `ipBlock` cells.
     pub const CIDR_CELL_ENTRIES: u32 = 65_536;
+    /// Cgroups of hostNetwork pods and their descendants.
+    pub const CGROUP_ENDPOINT_ENTRIES: u32 = 16_384;
 }
 
 #[cfg(feature = "user")]
@@ -404,4 +444,5 @@ mod user {
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::CgroupEndpoint {}
 }

@@ -200,14 +200,20 @@ pub fn sh_out(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A network namespace named `wdp-<pid>-<tag>`, deleted on drop (even on panic).
+/// A network namespace named `wdp-<pid>-<tag>` (or another prefix),
+/// deleted on drop (even on panic).
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        let name = format!("wdp-{}-{tag}", std::process::id());
+        Self::with_prefix("wdp", tag)
+    }
+
+    /// A namespace named `<prefix>-<pid>-<tag>`.
+    pub fn with_prefix(prefix: &str, tag: &str) -> Self {
+        let name = format!("{prefix}-{}-{tag}", std::process::id());
         // A leftover from a killed run of the same pid would make `add` fail.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(&["ip", "netns", "add", &name]);

@@ -213,14 +213,15 @@ impl Compiler {
     }
 
     /// Compiles the map contents for every local endpoint of `input` (pods
-    /// with `endpoint` set and not host-network; when two pods claim one
-    /// ifindex, the first by namespace and name wins).
+    /// with `endpoint` set: a host-side ifindex, or for a host-network pod
+    /// the synthetic id its cgroup hooks use; when two pods claim one id,
+    /// the first by namespace and name wins).
     pub fn compile(&mut self, input: &Input) -> Compiled {
         let mut prep = self.prepare(input);
         let mut pods: Vec<&PodInput> = input
             .pods
             .iter()
-            .filter(|p| p.endpoint.is_some() && !p.host_network)
+            .filter(|p| p.endpoint.is_some())
             .collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
