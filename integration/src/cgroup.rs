@@ -1,6 +1,6 @@
 //! cgroup v2 directories of the lab's hostNetwork pods: each such pod's
 //! processes (servers, probes, commands) live in
-//! `<cgroup2 mount>/weirlab-<run_id>/<ns>-<pod>/`, so that their sockets
+//! `<cgroup2 mount>/weirlab-<run_id>/pod<UID>/`, so that their sockets
 //! belong to the pod's cgroup even though they share the node's network
 //! namespace.
 //!
@@ -33,8 +33,7 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
-    /// The directory exists already (two pods whose `<ns>-<pod>` coincide,
-    /// or a leftover of this very run).
+    /// The directory exists already (a leftover of this very run).
     #[error("cgroup {0} exists already")]
     Exists(PathBuf),
     /// Processes stayed inside after they were killed.
@@ -99,9 +98,11 @@ pub fn run_dir(root: &Path, run_id: &str) -> PathBuf {
     root.join(format!("{PREFIX}{run_id}"))
 }
 
-/// The cgroup directory of pod `ns/name` inside its run's directory.
-pub fn pod_dir(run_dir: &Path, ns: &str, name: &str) -> PathBuf {
-    run_dir.join(format!("{ns}-{name}"))
+/// The cgroup directory of the pod with UID `uid` inside its run's
+/// directory, named `pod<UID>` as kubelet's cgroupfs driver names a pod's
+/// cgroup (the agent finds a hostNetwork pod's cgroup by that name).
+pub fn pod_dir(run_dir: &Path, uid: &str) -> PathBuf {
+    run_dir.join(format!("pod{uid}"))
 }
 
 /// Creates the pod directory `path` (and its run directory if missing).
@@ -287,7 +288,7 @@ mod tests {
         let run = run_dir(Path::new("/sys/fs/cgroup"), "ab12cd");
         assert_eq!(run, Path::new("/sys/fs/cgroup/weirlab-ab12cd"));
         assert_eq!(
-            pod_dir(&run, "x", "h"),
+            pod_dir(&run, "0b6f0c2e-1c1b-4b8e-9d55-6f0f2c3e9a01"),
             Path::new("/sys/fs/cgroup/weirlab-ab12cd/x-h")
         );
     }

@@ -652,11 +652,12 @@ impl Lab {
                     None => cgroup::run_dir(&cgroup::mount_point()?, &self.run_id),
                 };
                 self.cgroup_dir = Some(dir.clone());
+                let uid = uuid::Uuid::new_v4().to_string();
                 staged.push(Pod {
                     container_id: String::new(),
                     netns: self.node_netns.clone(),
-                    cgroup: Some(cgroup::pod_dir(&dir, &spec.namespace, &spec.name)),
-                    uid: uuid::Uuid::new_v4().to_string(),
+                    cgroup: Some(cgroup::pod_dir(&dir, &uid)),
+                    uid,
                     spec,
                     added: false,
                     ips: Vec::new(),
@@ -778,7 +779,7 @@ impl Lab {
     }
 
     /// The cgroup v2 directory of a hostNetwork pod
-    /// (`<cgroup2 mount>/weirlab-<run_id>/<ns>-<pod>`); None for other pods.
+    /// (`<cgroup2 mount>/weirlab-<run_id>/pod<UID>`); None for other pods.
     pub fn pod_cgroup(&self, pod: &str) -> Option<&Path> {
         self.pods.get(pod)?.cgroup.as_deref()
     }

@@ -291,8 +291,8 @@ fn orphan_lab_cgroups_are_swept_and_live_ones_kept() {
     }
     let root = cgroup::mount_point().expect("a cgroup2 hierarchy");
     let (orphan_id, live_id) = (new_id(), new_id());
-    let orphan = cgroup::pod_dir(&cgroup::run_dir(&root, &orphan_id), "x", "h");
-    let live = cgroup::pod_dir(&cgroup::run_dir(&root, &live_id), "x", "h");
+    let orphan = cgroup::pod_dir(&cgroup::run_dir(&root, &orphan_id), "11111111-2222-3333-4444-555555555555");
+    let live = cgroup::pod_dir(&cgroup::run_dir(&root, &live_id), "66666666-7777-8888-9999-000000000000");
     let _guards = [
         CgroupGuard(orphan.parent().unwrap().to_path_buf()),
         CgroupGuard(live.parent().unwrap().to_path_buf()),
