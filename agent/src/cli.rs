@@ -39,6 +39,9 @@ enum Command {
     Flows(FlowsArgs),
     /// Observe flows through the flow API, as `hubble observe` does.
     Observe(Box<crate::observe::ObserveArgs>),
+    /// Ask the NetworkPolicy compiler: why a connection is allowed or denied
+    /// (explain), which recorded flows a change would turn around (what-if).
+    Policy(crate::policy_cli::PolicyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Flows(args) => flows(args),
         Command::Observe(args) => crate::observe::run(*args),
+        Command::Policy(args) => crate::policy_cli::run(args),
     }
 }
 

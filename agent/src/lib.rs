@@ -12,4 +12,5 @@ pub mod metrics_http;
 pub mod netns;
 pub mod observe;
 pub mod policy;
+pub mod policy_cli;
 pub mod server;

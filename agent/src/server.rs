@@ -88,7 +88,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(paths::ENDPOINTS, get(list_endpoints).post(register))
         .route("/v1/endpoints/{container_id}/{ifname}", delete(unregister))
         .route(paths::FLOW_API, get(flow_api_state).put(flow_api_change))
+        .merge(crate::policy_cli::routes(live_model(Arc::clone(&shared))))
         .with_state(shared)
+}
+
+/// `weir policy`'s model: the agent's live one.
+fn live_model(shared: Arc<Shared>) -> crate::policy_cli::ModelSource {
+    Arc::new(move || crate::policy_cli::Model {
+        input: shared.policy_input(),
+        name: format!("the agent's model (node {})", shared.node_name),
+    })
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {

@@ -14,6 +14,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub mod policy;
+
 /// Default path of the agent's local API socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/weir/weir.sock";
 
@@ -27,6 +29,10 @@ pub mod paths {
     pub const ENDPOINT_PREFIX: &str = "/v1/endpoints/";
     /// `GET`: [`FlowApiState`]; `PUT` [`FlowApiChange`]: turn the flow API on or off.
     pub const FLOW_API: &str = "/v1/flows/api";
+    /// `GET ?from=NS/POD&to=NS/POD|IP&port=80/TCP`: [`crate::policy::PolicyExplanation`].
+    pub const POLICY_EXPLAIN: &str = "/v1/policy/explain";
+    /// `POST` [`crate::policy::WhatIfRequest`]: [`crate::policy::WhatIfReport`].
+    pub const POLICY_WHAT_IF: &str = "/v1/policy/what-if";
 }
 
 /// The Hubble-compatible flow API's state, for `weir flows`.
@@ -222,6 +228,32 @@ impl Client {
             Some(&FlowApiChange { enabled }),
         )
         .await
+    }
+
+    /// `GET /v1/policy/explain`: the verdict of a connection and the rules
+    /// deciding it, on the agent's live model.
+    pub async fn policy_explain(
+        &self,
+        params: &policy::ExplainParams,
+    ) -> Result<policy::PolicyExplanation, ClientError> {
+        let uri = format!(
+            "{}?from={}&to={}&port={}",
+            paths::POLICY_EXPLAIN,
+            encode_segment(&params.from),
+            encode_segment(&params.to),
+            encode_segment(&params.port)
+        );
+        self.call(Method::GET, &uri, None::<&()>).await
+    }
+
+    /// `POST /v1/policy/what-if`: replays flows against the agent's policies
+    /// before and after a change.
+    pub async fn policy_what_if(
+        &self,
+        request: &policy::WhatIfRequest,
+    ) -> Result<policy::WhatIfReport, ClientError> {
+        self.call(Method::POST, paths::POLICY_WHAT_IF, Some(request))
+            .await
     }
 
     /// `DELETE /v1/endpoints/{container_id}/{ifname}`; succeeds if it is already gone.
