@@ -481,6 +481,9 @@ pub struct PolicyConfig {
     /// Size of the policy rule map (LPM trie entries, allocated as used).
     /// Default: 262144.
     pub map_entries: u32,
+    /// Where hostNetwork pods' cgroups (`pod<UID>`, as kubelet names them)
+    /// are looked for. Default: the cgroup v2 mount.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for PolicyConfig {
@@ -489,6 +492,7 @@ impl Default for PolicyConfig {
             audit: false,
             allow_host_ingress: true,
             map_entries: weir_common::defaults::POLICY_ENTRIES,
+            cgroup_root: None,
         }
     }
 }

@@ -99,9 +99,16 @@ impl Shared {
     /// controller builds it (for `weir policy explain` and `what-if`).
     pub fn policy_input(&self) -> weir_policy::Input {
         let index = self.current_index();
-        let options = self.policy.lock().expect("policy lock").options().clone();
+        let ctl = self.policy.lock().expect("policy lock");
         let state = self.state.lock().expect("state lock");
-        crate::policy::input_from_state(&state, &index, crate::policy::local_addresses(), &options)
+        let mut input = crate::policy::input_from_state(
+            &state,
+            &index,
+            crate::policy::local_addresses(),
+            ctl.options(),
+        );
+        ctl.host.assign(&mut input);
+        input
     }
 
     /// Records the endpoint, publishes it for enrichment, then attaches the
@@ -221,18 +228,24 @@ impl Shared {
     fn sync_policy(&self) {
         let index = self.current_index();
         let mut ctl = self.policy.lock().expect("policy lock");
-        let input = {
+        let (input, gone) = {
             let state = self.state.lock().expect("state lock");
-            crate::policy::input_from_state(
+            let gone = ctl.host.refresh(&state, &self.node_name);
+            let mut input = crate::policy::input_from_state(
                 &state,
                 &index,
                 crate::policy::local_addresses(),
                 ctl.options(),
-            )
+            );
+            ctl.host.assign(&mut input);
+            (input, gone)
         };
         let report = {
             let mut dp = self.datapath.lock().expect("datapath lock");
-            ctl.sync(&input, dp.policy_maps())
+            let mut report = ctl.sync(&input, dp.policy_maps());
+            // The endpoints' entries exist now: map the cgroups, then attach.
+            report.failed_writes += ctl.host.apply(&gone, &mut dp);
+            report
         };
         let m = &self.metrics;
         m.policy_rules.set(report.rules as i64);
@@ -249,7 +262,7 @@ impl Shared {
 
     /// Retries a policy sync whose map writes failed.
     fn retry_policy_sync(&self) {
-        let pending = self.policy.lock().expect("policy lock").needs_rewrite();
+        let pending = self.policy.lock().expect("policy lock").needs_retry();
         if pending {
             self.sync_policy();
         }
@@ -454,6 +467,10 @@ async fn run_async(
                     allow_host_ingress: c.policy.allow_host_ingress,
                 },
                 Arc::clone(&attribution),
+                c.policy
+                    .cgroup_root
+                    .clone()
+                    .or_else(|| weir_datapath::cgroup::cgroup2_mount().ok()),
             )),
             attribution,
         }

@@ -9,8 +9,9 @@
 //! established connections are checked again. Attribution sets reach the
 //! flow decoder before any event can name them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,8 @@ pub struct PolicyController {
     published: BTreeSet<u32>,
     /// A write failed: the next sync rewrites every entry.
     rewrite_all: bool,
+    /// This node's hostNetwork pods, policed through their cgroups.
+    pub host: HostPods,
 }
 
 impl std::fmt::Debug for PolicyController {
@@ -64,7 +67,13 @@ impl std::fmt::Debug for PolicyController {
 
 impl PolicyController {
     /// A controller with nothing written yet.
-    pub fn new(options: Options, attribution: Arc<Attribution>) -> Self {
+    /// `cgroup_root`: where hostNetwork pods' cgroups are looked for
+    /// (`None`: no hostNetwork pod is policed).
+    pub fn new(
+        options: Options,
+        attribution: Arc<Attribution>,
+        cgroup_root: Option<PathBuf>,
+    ) -> Self {
         Self {
             compiler: Compiler::new(),
             last: Compiled::default(),
@@ -72,6 +81,7 @@ impl PolicyController {
             attribution,
             published: BTreeSet::new(),
             rewrite_all: false,
+            host: HostPods::new(cgroup_root),
         }
     }
 
@@ -80,9 +90,10 @@ impl PolicyController {
         &self.last
     }
 
-    /// Whether a write failed and the next sync must rewrite everything.
-    pub fn needs_rewrite(&self) -> bool {
-        self.rewrite_all
+    /// Whether a write failed and the next sync must rewrite everything,
+    /// or a hostNetwork pod's cgroup is still to be found.
+    pub fn needs_retry(&self) -> bool {
+        self.rewrite_all || self.host.unresolved() > 0
     }
 
     /// The compiler options.
@@ -315,4 +326,217 @@ pub fn local_addresses() -> Vec<IpAddr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A hostNetwork pod of this node, found by its cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Its cgroup v2 directory (`pod<UID>`, as kubelet names it).
+    pub path: PathBuf,
+    /// The synthetic endpoint id its cgroup hooks police it under.
+    pub endpoint: u32,
+    /// Its security identity (from its labels).
+    pub identity: u32,
+    /// Whether the cgroup programs are attached.
+    pub attached: bool,
+}
+
+/// The hostNetwork pods of this node: their cgroups, found by pod UID
+/// under the cgroup v2 hierarchy, and the synthetic endpoint ids
+/// (`CGROUP_ENDPOINT_BIT | n`) their traffic is policed under.
+#[derive(Debug, Default)]
+pub struct HostPods {
+    /// Where to look; `None` when this host has no cgroup v2 hierarchy.
+    root: Option<PathBuf>,
+    next: u32,
+    pods: BTreeMap<(String, String), HostPod>,
+    /// hostNetwork pods of this node whose cgroup is not found (yet).
+    unresolved: usize,
+}
+
+/// How deep below the root a pod cgroup is looked for (kubelet's sit at
+/// levels 2 to 4: `kubepods[/qos]/pod<UID>`, or systemd slices).
+const CGROUP_SEARCH_DEPTH: usize = 6;
+/// Directories visited per search at most, so a huge hierarchy cannot
+/// stall a policy sync.
+const CGROUP_SEARCH_BUDGET: usize = 50_000;
+
+impl HostPods {
+    /// Looks for pod cgroups under `root` (the cgroup v2 mount by default).
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            ..Self::default()
+        }
+    }
+
+    /// The pods found, by `(namespace, name)`.
+    pub fn pods(&self) -> impl Iterator<Item = &HostPod> {
+        self.pods.values()
+    }
+
+    /// hostNetwork pods of this node whose cgroup was not found at the
+    /// last refresh (the agent retries periodically).
+    pub fn unresolved(&self) -> usize {
+        self.unresolved
+    }
+
+    /// Brings the set in step with the model's hostNetwork pods on `node`:
+    /// finds new pods' cgroups, follows identity changes, and returns the
+    /// pods that went away (or whose cgroup did), to detach.
+    pub fn refresh(&mut self, state: &ClusterState, node: &str) -> Vec<HostPod> {
+        let mut wanted: HashMap<(String, String), (String, u32)> = HashMap::new();
+        for pod in state.pods() {
+            if !pod.host_network || pod.node_name != node || pod.uid.is_empty() {
+                continue;
+            }
+            let identity = state
+                .pod_meta(&pod.namespace, &pod.name)
+                .map(|m| m.identity)
+                .unwrap_or_default();
+            wanted.insert(
+                (pod.namespace.clone(), pod.name.clone()),
+                (pod.uid.clone(), identity),
+            );
+        }
+        let mut gone = Vec::new();
+        self.pods.retain(|key, hp| {
+            let keep = wanted.get(key).is_some_and(|(uid, _)| *uid == hp.uid) && hp.path.is_dir();
+            if !keep {
+                gone.push(hp.clone());
+            }
+            keep
+        });
+        self.unresolved = 0;
+        for (key, (uid, identity)) in wanted {
+            if let Some(hp) = self.pods.get_mut(&key) {
+                hp.identity = identity;
+                continue;
+            }
+            let Some(path) = self.root.as_deref().and_then(|r| find_pod_cgroup(r, &uid)) else {
+                self.unresolved += 1;
+                debug!(namespace = %key.0, pod = %key.1, %uid, "no cgroup found for the hostNetwork pod yet");
+                continue;
+            };
+            self.next = self.next.wrapping_add(1) & !weir_common::CGROUP_ENDPOINT_BIT;
+            let endpoint = weir_common::CGROUP_ENDPOINT_BIT | self.next;
+            info!(namespace = %key.0, pod = %key.1, cgroup = %path.display(), endpoint, "hostNetwork pod found");
+            self.pods.insert(
+                key.clone(),
+                HostPod {
+                    namespace: key.0,
+                    name: key.1,
+                    uid,
+                    path,
+                    endpoint,
+                    identity,
+                    attached: false,
+                },
+            );
+        }
+        gone
+    }
+
+    /// Marks `input`'s hostNetwork pods that have a cgroup as endpoints
+    /// under their synthetic ids.
+    pub fn assign(&self, input: &mut Input) {
+        for pod in input.pods.iter_mut().filter(|p| p.host_network) {
+            if let Some(hp) = self.pods.get(&(pod.namespace.clone(), pod.name.clone())) {
+                pod.endpoint = Some(hp.endpoint);
+            }
+        }
+    }
+
+    /// Writes each pod's cgroups (its own and every descendant, so
+    /// containers resolve at once) into `CGROUP_EP`, then attaches the
+    /// cgroup programs where not yet attached; detaches and forgets `gone`.
+    /// Call after the policy maps hold the pods' endpoint entries.
+    pub fn apply(&mut self, gone: &[HostPod], dp: &mut weir_datapath::Datapath) -> usize {
+        let mut failed = 0;
+        for hp in gone {
+            if let Err(e) = dp.detach_cgroup(&hp.path) {
+                warn!(cgroup = %hp.path.display(), error = %e, "detaching a hostNetwork pod's cgroup");
+                failed += 1;
+            }
+            if let Err(e) = dp.policy_maps().remove_cgroups_of(hp.endpoint) {
+                warn!(error = %e, "forgetting a hostNetwork pod's cgroups");
+                failed += 1;
+            }
+        }
+        for hp in self.pods.values_mut() {
+            let value = weir_common::CgroupEndpoint {
+                endpoint: hp.endpoint,
+                identity: hp.identity,
+            };
+            let mut ids = Vec::new();
+            match weir_datapath::cgroup::cgroup_id(&hp.path) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    warn!(cgroup = %hp.path.display(), error = %e, "reading a hostNetwork pod's cgroup");
+                    failed += 1;
+                    continue;
+                }
+            }
+            if let Ok(children) = weir_datapath::cgroup::descendants(&hp.path) {
+                ids.extend(children.into_iter().map(|(_, id)| id));
+            }
+            for id in ids {
+                if let Err(e) = dp.policy_maps().set_cgroup(id, value) {
+                    warn!(error = %e, "writing a hostNetwork pod's cgroup");
+                    failed += 1;
+                }
+            }
+            if !hp.attached {
+                match dp.attach_cgroup(&hp.path) {
+                    Ok(_) => {
+                        hp.attached = true;
+                        info!(namespace = %hp.namespace, pod = %hp.name, "hostNetwork pod policed");
+                    }
+                    Err(e) => {
+                        warn!(cgroup = %hp.path.display(), error = %e, "attaching to a hostNetwork pod's cgroup");
+                        failed += 1;
+                    }
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// The cgroup directory of the pod with `uid` under `root`: named
+/// `pod<UID>` (kubelet's cgroupfs driver) or `...pod<UID with _>.slice`
+/// (its systemd driver), at most [`CGROUP_SEARCH_DEPTH`] levels down.
+pub fn find_pod_cgroup(root: &Path, uid: &str) -> Option<PathBuf> {
+    let plain = format!("pod{uid}");
+    let systemd = format!("pod{}.slice", uid.replace('-', "_"));
+    let mut level = vec![root.to_path_buf()];
+    let mut visited = 0usize;
+    for _ in 0..CGROUP_SEARCH_DEPTH {
+        let mut next = Vec::new();
+        for dir in level {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                visited += 1;
+                if visited > CGROUP_SEARCH_BUDGET {
+                    return None;
+                }
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name == plain || name.ends_with(&systemd) {
+                    return Some(entry.path());
+                }
+                next.push(entry.path());
+            }
+        }
+        level = next;
+    }
+    None
 }

@@ -421,3 +421,148 @@ async fn ipblock_selects_node_and_pod_addresses_and_bad_policies_weaken_nothing(
         "no accidental isolation"
     );
 }
+
+/// hostNetwork pods are policed by their cgroup: their own ingress and
+/// egress policies apply, and other pods' policies select them by their
+/// labels, while plain node processes stay `reserved:host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pods_are_policed_by_their_cgroup() {
+    let Some(mut options) =
+        common::agent_lab_options("host_network_pods_are_policed_by_their_cgroup")
+    else {
+        return;
+    };
+    // Without the node rule, a node process's ingress is judged like any peer.
+    let config =
+        std::env::temp_dir().join(format!("weir-policy-hostnet-{}.yaml", std::process::id()));
+    std::fs::write(&config, "policy:\n  allowHostIngress: false\n").unwrap();
+    options
+        .agent_args
+        .extend(["--config".to_string(), config.display().to_string()]);
+    let mut lab = Lab::start(options).await.expect("lab starts");
+    lab.add_namespace(NamespaceSpec::new("x")).unwrap();
+    lab.add_pods(vec![
+        PodSpec::new("x", "a")
+            .label("app", "a")
+            .port(PortSpec::tcp(80)),
+        PodSpec::new("x", "b")
+            .label("app", "b")
+            .port(PortSpec::tcp(80)),
+        PodSpec::new("x", "agent")
+            .label("app", "agent")
+            .host_network()
+            .port(PortSpec::tcp(9100)),
+    ])
+    .await
+    .expect("pods");
+    let node_ip = lab
+        .node_ips()
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .copied()
+        .expect("node IPv4");
+    let np = |name: &str, spec: Value| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"namespace": "x", "name": name}, "spec": spec})
+    };
+    let sel = |app: &str| json!({"matchLabels": {"app": app}});
+    lab.apply(&[
+        // b admits only the hostNetwork agent (by its labels).
+        np(
+            "b-from-agent",
+            json!({"podSelector": sel("b"),
+            "ingress": [{"from": [{"podSelector": sel("agent")}]}]}),
+        ),
+        // The agent may reach a:80 only, and be reached on 9100 from a only.
+        np(
+            "agent",
+            json!({"podSelector": sel("agent"), "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": sel("a")}], "ports": [{"port": 9100}]}],
+            "egress": [{"to": [{"podSelector": sel("a")}], "ports": [{"port": 80}]}]}),
+        ),
+    ])
+    .await
+    .unwrap();
+    let quick = |p: ProbeSpec| p.timeout(Duration::from_millis(700));
+    let to_agent = |from: &str| quick(ProbeSpec::tcp(from, &node_ip.to_string(), 9100));
+    // Wait until the agent found the pod's cgroup (it retries every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.probe(&to_agent("x/b")).await.unwrap().connected {
+        assert!(
+            Instant::now() < deadline,
+            "x/b -> agent:9100 never got policed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        lab.probe(&to_agent("x/a")).await.unwrap().connected,
+        "a -> agent:9100 allowed"
+    );
+    assert!(
+        !lab.probe(&to_agent("x/b")).await.unwrap().connected,
+        "b -> agent:9100 denied"
+    );
+    // The agent's egress policy.
+    assert!(
+        lab.probe(&quick(ProbeSpec::tcp("x/agent", "x/a", 80)))
+            .await
+            .unwrap()
+            .connected
+    );
+    assert!(
+        !lab.probe(&quick(ProbeSpec::tcp("x/agent", "x/b", 80)))
+            .await
+            .unwrap()
+            .connected,
+        "agent egress to b denied"
+    );
+    // b's ingress sees the agent's identity, not the node's: lift the agent's
+    // egress isolation and the agent reaches b while a node process does not.
+    lab.apply(&[np(
+        "b-from-agent",
+        json!({"podSelector": sel("b"),
+            "ingress": [{"from": [{"podSelector": sel("agent")}]}]}),
+    )])
+    .await
+    .unwrap();
+    assert!(
+        lab.probe(&quick(ProbeSpec::tcp("x/agent", "x/b", 80)))
+            .await
+            .unwrap()
+            .connected,
+        "b admits the agent pod"
+    );
+    let b_ip = lab
+        .pod_ips()
+        .get("x/b")
+        .and_then(|v| v.iter().find(|ip| ip.is_ipv4()).copied())
+        .expect("b's IPv4");
+    let node_proc = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.node_netns(),
+            "timeout",
+            "1",
+            "bash",
+            "-c",
+            &format!("echo > /dev/tcp/{b_ip}/80"),
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        !node_proc.success(),
+        "a node process (reserved:host) is not the agent pod"
+    );
+    let f = wait_flows(&lab, "drops of the hostNetwork pod's traffic", |f| {
+        f.iter()
+            .any(|f| f["verdict"] == "DROPPED" && f["l4"]["TCP"]["destination_port"] == 9100)
+    })
+    .await;
+    let d = f
+        .iter()
+        .find(|f| f["verdict"] == "DROPPED" && f["l4"]["TCP"]["destination_port"] == 9100)
+        .unwrap();
+    assert_eq!(names(&d["ingress_denied_by"]), ["x/agent"], "{d}");
+    let _ = std::fs::remove_file(&config);
+}
