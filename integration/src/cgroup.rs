@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(run, Path::new("/sys/fs/cgroup/weirlab-ab12cd"));
         assert_eq!(
             pod_dir(&run, "0b6f0c2e-1c1b-4b8e-9d55-6f0f2c3e9a01"),
-            Path::new("/sys/fs/cgroup/weirlab-ab12cd/x-h")
+            Path::new("/sys/fs/cgroup/weirlab-ab12cd/pod0b6f0c2e-1c1b-4b8e-9d55-6f0f2c3e9a01")
         );
     }
 

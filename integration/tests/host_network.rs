@@ -133,7 +133,10 @@ async fn host_network_pod_serves_and_probes_from_its_own_cgroup() {
         .to_path_buf();
     assert!(lab.pod_cgroup("x/a").is_none());
     let root = cgroup::mount_point().unwrap();
-    assert_eq!(dir, root.join(format!("weirlab-{run_id}")).join("y-h"));
+    assert_eq!(dir.parent().unwrap(), root.join(format!("weirlab-{run_id}")));
+    let leaf = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let uid = leaf.strip_prefix("pod").expect("named pod<UID>, as kubelet does");
+    assert!(uuid::Uuid::parse_str(uid).is_ok(), "{leaf}");
     let rec = RunRecord::load(&run_id).unwrap();
     assert_eq!(
         rec.cgroups,
@@ -155,7 +158,7 @@ async fn host_network_pod_serves_and_probes_from_its_own_cgroup() {
         "the server is recorded: {:?}",
         rec.processes
     );
-    let want_cgroup = format!("/weirlab-{run_id}/y-h");
+    let want_cgroup = format!("/weirlab-{run_id}/{leaf}");
     assert!(
         cgroup::of_pid(server).is_some_and(|c| c.ends_with(&want_cgroup)),
         "/proc/{server}/cgroup: {:?}",
@@ -291,8 +294,14 @@ fn orphan_lab_cgroups_are_swept_and_live_ones_kept() {
     }
     let root = cgroup::mount_point().expect("a cgroup2 hierarchy");
     let (orphan_id, live_id) = (new_id(), new_id());
-    let orphan = cgroup::pod_dir(&cgroup::run_dir(&root, &orphan_id), "11111111-2222-3333-4444-555555555555");
-    let live = cgroup::pod_dir(&cgroup::run_dir(&root, &live_id), "66666666-7777-8888-9999-000000000000");
+    let orphan = cgroup::pod_dir(
+        &cgroup::run_dir(&root, &orphan_id),
+        "11111111-2222-3333-4444-555555555555",
+    );
+    let live = cgroup::pod_dir(
+        &cgroup::run_dir(&root, &live_id),
+        "66666666-7777-8888-9999-000000000000",
+    );
     let _guards = [
         CgroupGuard(orphan.parent().unwrap().to_path_buf()),
         CgroupGuard(live.parent().unwrap().to_path_buf()),
