@@ -133,9 +133,14 @@ async fn host_network_pod_serves_and_probes_from_its_own_cgroup() {
         .to_path_buf();
     assert!(lab.pod_cgroup("x/a").is_none());
     let root = cgroup::mount_point().unwrap();
-    assert_eq!(dir.parent().unwrap(), root.join(format!("weirlab-{run_id}")));
+    assert_eq!(
+        dir.parent().unwrap(),
+        root.join(format!("weirlab-{run_id}"))
+    );
     let leaf = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let uid = leaf.strip_prefix("pod").expect("named pod<UID>, as kubelet does");
+    let uid = leaf
+        .strip_prefix("pod")
+        .expect("named pod<UID>, as kubelet does");
     assert!(uuid::Uuid::parse_str(uid).is_ok(), "{leaf}");
     let rec = RunRecord::load(&run_id).unwrap();
     assert_eq!(
