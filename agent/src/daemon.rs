@@ -101,14 +101,7 @@ impl Shared {
         let index = self.current_index();
         let ctl = self.policy.lock().expect("policy lock");
         let state = self.state.lock().expect("state lock");
-        let mut input = crate::policy::input_from_state(
-            &state,
-            &index,
-            crate::policy::local_addresses(),
-            ctl.options(),
-        );
-        ctl.host.assign(&mut input);
-        input
+        compiler_input(&ctl, &state, &index)
     }
 
     /// Records the endpoint, publishes it for enrichment, then attaches the
@@ -231,14 +224,7 @@ impl Shared {
         let (input, gone) = {
             let state = self.state.lock().expect("state lock");
             let gone = ctl.host.refresh(&state, &self.node_name);
-            let mut input = crate::policy::input_from_state(
-                &state,
-                &index,
-                crate::policy::local_addresses(),
-                ctl.options(),
-            );
-            ctl.host.assign(&mut input);
-            (input, gone)
+            (compiler_input(&ctl, &state, &index), gone)
         };
         let report = {
             let mut dp = self.datapath.lock().expect("datapath lock");
@@ -294,6 +280,23 @@ impl Shared {
             self.unregister_locked(&cid, &ifname, Some(ifindex));
         }
     }
+}
+
+/// The compiler's input: the model, this node's addresses, and the
+/// hostNetwork pods whose cgroups the controller found.
+fn compiler_input(
+    ctl: &crate::policy::PolicyController,
+    state: &ClusterState,
+    index: &EndpointIndex,
+) -> weir_policy::Input {
+    let mut input = crate::policy::input_from_state(
+        state,
+        index,
+        crate::policy::local_addresses(),
+        ctl.options(),
+    );
+    ctl.host.assign(&mut input);
+    input
 }
 
 fn to_api(ep: &weir_state::Endpoint) -> Endpoint {
