@@ -208,23 +208,65 @@ impl Shared {
     /// with the model: called after every change of the model, and before
     /// a new endpoint's programs are attached.
     fn rebuild_index(&self) {
-        let index = self
-            .state
-            .lock()
-            .expect("state lock")
-            .endpoint_index(&self.node_name);
-        *self.index.write().expect("index lock") = Arc::new(index);
-        self.sync_policy();
+        self.publish_index();
+        if self.sync_policy() {
+            // A hostNetwork pod was found or lost: its flows' local side
+            // comes from the index by its endpoint id.
+            self.publish_index();
+        }
     }
 
-    /// Compiles the model's policies and writes what changed.
-    fn sync_policy(&self) {
+    /// Builds the enrichment index from the model, plus this node's own
+    /// addresses (`reserved:host`) and its policed hostNetwork pods (by
+    /// their endpoint ids), and publishes it.
+    fn publish_index(&self) {
+        // Lock order: policy before state (as in sync_policy).
+        let host_pods: Vec<crate::policy::HostPod> = self
+            .policy
+            .lock()
+            .expect("policy lock")
+            .host
+            .pods()
+            .cloned()
+            .collect();
+        let mut index = {
+            let state = self.state.lock().expect("state lock");
+            let mut index = state.endpoint_index(&self.node_name);
+            for hp in &host_pods {
+                if let Some(meta) = state.pod_meta(&hp.namespace, &hp.name) {
+                    let mut meta = weir_state::EndpointMeta::clone(meta);
+                    meta.endpoint_id = u64::from(hp.endpoint);
+                    meta.node_name = self.node_name.clone();
+                    index.insert_endpoint(hp.endpoint, Arc::new(meta));
+                }
+            }
+            index
+        };
+        let host = Arc::new(weir_state::EndpointMeta {
+            identity: weir_state::identity::IDENTITY_HOST,
+            labels: vec!["reserved:host".to_owned()],
+            node_name: self.node_name.clone(),
+            ..weir_state::EndpointMeta::default()
+        });
+        for ip in crate::policy::local_addresses() {
+            if !ip.is_loopback() {
+                index.insert_if_absent(ip, Arc::clone(&host));
+            }
+        }
+        *self.index.write().expect("index lock") = Arc::new(index);
+    }
+
+    /// Compiles the model's policies and writes what changed; true when the
+    /// set of policed hostNetwork pods changed.
+    fn sync_policy(&self) -> bool {
         let index = self.current_index();
         let mut ctl = self.policy.lock().expect("policy lock");
-        let (input, gone) = {
+        let (input, gone, host_changed) = {
             let state = self.state.lock().expect("state lock");
+            let before = ctl.host.pods().count();
             let gone = ctl.host.refresh(&state, &self.node_name);
-            (compiler_input(&ctl, &state, &index), gone)
+            let changed = !gone.is_empty() || ctl.host.pods().count() != before;
+            (compiler_input(&ctl, &state, &index), gone, changed)
         };
         let report = {
             let mut dp = self.datapath.lock().expect("datapath lock");
@@ -244,13 +286,15 @@ impl Shared {
         }
         m.policy_map_write_errors
             .inc_by(report.failed_writes as u64);
+        host_changed
     }
 
-    /// Retries a policy sync whose map writes failed.
+    /// Retries a policy sync whose map writes failed or whose hostNetwork
+    /// pods' cgroups were not all found.
     fn retry_policy_sync(&self) {
         let pending = self.policy.lock().expect("policy lock").needs_retry();
-        if pending {
-            self.sync_policy();
+        if pending && self.sync_policy() {
+            self.publish_index();
         }
     }
 

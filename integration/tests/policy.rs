@@ -564,5 +564,12 @@ async fn host_network_pods_are_policed_by_their_cgroup() {
         .find(|f| f["verdict"] == "DROPPED" && f["l4"]["TCP"]["destination_port"] == 9100)
         .unwrap();
     assert_eq!(names(&d["ingress_denied_by"]), ["x/agent"], "{d}");
+    // The flows name the hostNetwork pod, not the node's address.
+    assert!(from_to(d, "x/b", "x/agent"), "{d}");
+    assert!(
+        f.iter()
+            .any(|f| from_to(f, "x/agent", "x/a") && f["verdict"] == "FORWARDED"),
+        "the agent's allowed egress names it as the source"
+    );
     let _ = std::fs::remove_file(&config);
 }

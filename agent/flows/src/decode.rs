@@ -174,8 +174,20 @@ impl Decoder {
             }
         };
 
-        let source = src.map(|ip| self.endpoint_for(&ip, index));
-        let destination = dst.map(|ip| self.endpoint_for(&ip, index));
+        let mut source = src.map(|ip| self.endpoint_for(&ip, index));
+        let mut destination = dst.map(|ip| self.endpoint_for(&ip, index));
+        // A hostNetwork pod's cgroup hooks report its own side by the
+        // synthetic endpoint id: its address is the node's.
+        if ev.ifindex & weir_common::CGROUP_ENDPOINT_BIT != 0
+            && let Some(meta) = index.lookup_endpoint(ev.ifindex)
+        {
+            let local = Some(self.endpoint_of(meta, index));
+            if ev.obs_point == obs::FROM_ENDPOINT {
+                source = local;
+            } else {
+                destination = local;
+            }
+        }
         let interface = (ev.ifindex != 0).then(|| NetworkInterface {
             index: ev.ifindex,
             name: self.interface_name(ev.ifindex),
@@ -281,6 +293,12 @@ impl Decoder {
         let Some(meta) = index.lookup(ip) else {
             return Arc::clone(&self.world);
         };
+        self.endpoint_of(meta, index)
+    }
+
+    /// The flow endpoint of an index entry, converted once and cached.
+    #[inline]
+    fn endpoint_of(&mut self, meta: &Arc<EndpointMeta>, index: &EndpointIndex) -> Arc<Endpoint> {
         let key = Arc::as_ptr(meta) as usize;
         if let Some((_, ep)) = self.endpoints.get(&key) {
             return Arc::clone(ep);

@@ -642,3 +642,28 @@ fn policy_verdict_flows_accompany_decisions_only() {
         "the drop itself stays a drop event"
     );
 }
+
+#[test]
+fn a_host_network_pods_side_comes_from_its_endpoint_id() {
+    let mut idx = index();
+    let agent = meta(0x8000_0001, 300, "kube-system", "node-agent");
+    idx.insert_endpoint(0x8000_0001, Arc::clone(&agent));
+    let mut d = decoder();
+    // Egress from the hostNetwork pod (its cgroup hook, FROM_ENDPOINT): the
+    // source address is the node's, the source endpoint is the pod.
+    let mut ev = tcp_v4_syn();
+    ev.ifindex = 0x8000_0001;
+    let f = d.decode(&ev, &idx);
+    let src = f.source.as_deref().unwrap();
+    assert_eq!((src.pod_name.as_str(), src.identity), ("node-agent", 300));
+    assert_eq!(f.destination.as_deref().unwrap().pod_name, "b");
+    // Ingress into it (TO_ENDPOINT): the destination is the pod.
+    ev.obs_point = obs::TO_ENDPOINT;
+    let f = d.decode(&ev, &idx);
+    assert_eq!(f.destination.as_deref().unwrap().pod_name, "node-agent");
+    assert_eq!(f.source.as_deref().unwrap().pod_name, "a");
+    // An id the index does not know leaves the address-based sides.
+    ev.ifindex = 0x8000_0002;
+    let f = d.decode(&ev, &idx);
+    assert_eq!(f.destination.as_deref().unwrap().pod_name, "b");
+}

@@ -30,6 +30,10 @@ pub struct EndpointMeta {
 #[derive(Clone, Debug, Default)]
 pub struct EndpointIndex {
     by_ip: HashMap<IpAddr, Arc<EndpointMeta>>,
+    /// Endpoints known by the id their events carry instead of an address:
+    /// hostNetwork pods, whose address is the node's, by the synthetic
+    /// endpoint id of their cgroup hooks.
+    by_endpoint: HashMap<u32, Arc<EndpointMeta>>,
 }
 
 impl EndpointIndex {
@@ -42,12 +46,30 @@ impl EndpointIndex {
     pub fn with_capacity(n: usize) -> Self {
         Self {
             by_ip: HashMap::with_capacity(n),
+            by_endpoint: HashMap::new(),
         }
     }
 
     /// Adds or replaces the entry for `ip`.
     pub fn insert(&mut self, ip: IpAddr, meta: Arc<EndpointMeta>) {
         self.by_ip.insert(ip, meta);
+    }
+
+    /// Adds the entry for `ip` unless the address is indexed already.
+    pub fn insert_if_absent(&mut self, ip: IpAddr, meta: Arc<EndpointMeta>) {
+        self.by_ip.entry(ip).or_insert(meta);
+    }
+
+    /// Adds or replaces the endpoint whose events carry `endpoint` as their
+    /// interface (a hostNetwork pod's synthetic id).
+    pub fn insert_endpoint(&mut self, endpoint: u32, meta: Arc<EndpointMeta>) {
+        self.by_endpoint.insert(endpoint, meta);
+    }
+
+    /// The endpoint whose events carry `endpoint` as their interface.
+    #[inline]
+    pub fn lookup_endpoint(&self, endpoint: u32) -> Option<&Arc<EndpointMeta>> {
+        self.by_endpoint.get(&endpoint)
     }
 
     /// The endpoint owning `ip`, if any.
