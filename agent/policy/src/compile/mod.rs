@@ -218,11 +218,7 @@ impl Compiler {
     /// the first by namespace and name wins).
     pub fn compile(&mut self, input: &Input) -> Compiled {
         let mut prep = self.prepare(input);
-        let mut pods: Vec<&PodInput> = input
-            .pods
-            .iter()
-            .filter(|p| p.endpoint.is_some())
-            .collect();
+        let mut pods: Vec<&PodInput> = input.pods.iter().filter(|p| p.endpoint.is_some()).collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
         let mut out = Compiled::default();
