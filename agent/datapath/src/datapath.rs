@@ -320,20 +320,12 @@ impl Datapath {
             })?;
 
         for (program, _) in HOOKS {
-            classifier_mut(&mut ebpf, program)?
-                .load()
-                .map_err(|source| DatapathError::ProgramLoad {
-                    program,
-                    source: Box::new(source),
-                })?;
+            let prog = classifier_mut(&mut ebpf, program)?;
+            load_retrying(program, || prog.load())?;
         }
         for (program, _) in CGROUP_HOOKS {
-            cgroup_skb_mut(&mut ebpf, program)?
-                .load()
-                .map_err(|source| DatapathError::ProgramLoad {
-                    program,
-                    source: Box::new(source),
-                })?;
+            let prog = cgroup_skb_mut(&mut ebpf, program)?;
+            load_retrying(program, || prog.load())?;
         }
 
         let config = DatapathConfig {
@@ -767,6 +759,38 @@ impl Datapath {
     }
 }
 
+/// Loads one program, retrying when the kernel answers `EAGAIN`: the
+/// verifier gives up with it when a signal arrives for the loading thread
+/// during a long verification (the cgroup programs take ~100k verifier
+/// steps), which says nothing about the program. libbpf retries the same way.
+fn load_retrying(
+    program: &'static str,
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), DatapathError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Ok(()) => return Ok(()),
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                debug!(
+                    program,
+                    attempt, "verification interrupted (EAGAIN); loading again"
+                );
+                attempt += 1;
+            }
+            Err(source) => {
+                return Err(DatapathError::ProgramLoad {
+                    program,
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+}
+
 fn validate(opts: &DatapathOptions) -> Result<(), DatapathError> {
     let page = page_size();
     if !opts.ring_bytes.is_power_of_two() || (opts.ring_bytes as usize) < page {
@@ -944,5 +968,42 @@ mod tests {
     /// (enough to check the build embedded the right object).
     fn object_text(object: &[u8]) -> String {
         String::from_utf8_lossy(object).into_owned()
+    }
+
+    #[test]
+    fn an_interrupted_verification_is_retried_and_other_errors_are_not() {
+        let eagain = || ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(libc::EAGAIN),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        };
+        let mut calls = 0;
+        load_retrying("p", || {
+            calls += 1;
+            if calls < 3 { Err(eagain()) } else { Ok(()) }
+        })
+        .expect("third attempt loads");
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let err = load_retrying("p", || {
+            calls += 1;
+            Err(eagain())
+        })
+        .unwrap_err();
+        assert_eq!(calls, 5, "gives up after five attempts");
+        assert!(matches!(
+            err,
+            DatapathError::ProgramLoad { program: "p", .. }
+        ));
+
+        let mut calls = 0;
+        let _ = load_retrying("p", || {
+            calls += 1;
+            Err(ProgramError::LoadError {
+                io_error: io::Error::from_raw_os_error(libc::EACCES),
+                verifier_log: aya_obj::VerifierLog::new(String::new()),
+            })
+        });
+        assert_eq!(calls, 1, "a verifier rejection is final");
     }
 }
