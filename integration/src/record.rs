@@ -355,6 +355,9 @@ fn remove_path(path: &Path, report: &mut CleanupReport) {
     };
     match result {
         Ok(()) => report.paths.push(path.to_path_buf()),
+        // Another sweep (a lab starting, `weir-lab cleanup`) removed it, or
+        // part of it, meanwhile: gone is what we wanted.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => report
             .errors
             .push(format!("cannot remove {}: {e}", path.display())),
@@ -370,6 +373,41 @@ pub fn remove_dir_if_empty(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two sweeps removing the same dead run at once (a lab starting while
+    /// `weir-lab cleanup` runs) must both succeed: what the other removed
+    /// first is not an error.
+    #[test]
+    fn concurrent_removals_of_one_path_report_no_error() {
+        let base = std::env::temp_dir().join(format!("weirlab-rm-{}", std::process::id()));
+        let barrier = std::sync::Barrier::new(2);
+        let mut failures = Vec::new();
+        for round in 0..2000 {
+            let dir = base.join(round.to_string());
+            fs::create_dir_all(dir.join("x")).unwrap();
+            let errors: Vec<String> = std::thread::scope(|s| {
+                let sweep = || {
+                    let mut r = CleanupReport::default();
+                    barrier.wait();
+                    remove_path(&dir, &mut r);
+                    r.errors
+                };
+                let a = s.spawn(sweep);
+                let mut errors = sweep();
+                errors.extend(a.join().unwrap());
+                errors
+            });
+            assert!(!dir.exists());
+            failures.extend(errors);
+        }
+        let _ = fs::remove_dir_all(&base);
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            failures.first()
+        );
+    }
 
     #[test]
     fn run_id_is_taken_from_lab_names_only() {
