@@ -3,18 +3,27 @@
 //! Every figure is a ratio against a baseline measured in the same run on
 //! this machine, and prints a human table followed by one JSON line (figure,
 //! baseline, measured, ratio, target, pass, duration, machine, date,
-//! details, notes). Exit status: 0 every target met, 2 a target missed, 1 a
+//! details, notes); the policy figures print several such reports measured
+//! in one run (policy-rules against 10 rules and against iptables,
+//! policy-latency and pod start, policy-compile on one node and with every
+//! pod local). Exit status: 0 every target met, 2 a target missed, 1 a
 //! figure could not be measured, 130 interrupted (everything made is removed
 //! first). The privileged figures need root; the bench's own namespaces are
 //! `wbench-<pid>-*`, the labs' `weirlab-*`; the flow API figures' sockets
 //! live in temporary directories `wbench-api-*`.
 
+mod bpfstats;
+mod conn;
 mod decode;
 mod exporters;
 mod flowapi;
 mod flowapi_slow;
+mod iptables;
 mod lost;
 mod metrics5;
+mod policy_compile;
+mod policy_latency;
+mod policy_rules;
 mod pps;
 mod proc;
 mod prom;
@@ -75,6 +84,15 @@ enum Command {
     MetricsUpdate(UpdateArgs),
     /// Flow exporters (file, OTLP gRPC, OTLP HTTP) at 100k flows/s and flat out (target: keep up, or drop and count).
     ExportThroughput(ExportArgs),
+    /// New connections/s through an endpoint with 10 / 1 000 / 10 000 policy rules, and vs iptables (targets: 10 000 within 10 % of 10; >= 5x iptables).
+    PolicyRules(PolicyRulesArgs),
+    /// Policy file change -> enforcement on a real agent with 1 000 policies (target <= 50 ms), and new pods' first packets (target: none passes a default deny).
+    PolicyLatency(PolicyLatencyArgs),
+    /// Compile time and memory at 10 000 policies over 10 000 pods (target: one policy change recompiles in <= 50 ms; the state fits the maps).
+    PolicyCompile(PolicyCompileArgs),
+    /// One policy-compile case in this process (used by policy-compile).
+    #[command(name = "__policy-compile-worker", hide = true)]
+    PolicyCompileWorker(PolicyCompileArgs),
     /// Every figure, in turn.
     All(AllArgs),
 }
@@ -214,6 +232,82 @@ struct ExportArgs {
 }
 
 #[derive(Args, Debug)]
+struct PolicyRulesArgs {
+    /// Seconds per measuring window.
+    #[arg(long, default_value_t = 2.0)]
+    window: f64,
+    /// Windows per mode.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Rule counts (comma-separated; the smallest is the flatness baseline).
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1_000, 10_000])]
+    rules: Vec<usize>,
+    /// iptables flavours to compare with (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [iptables::Backend::Nft, iptables::Backend::Legacy])]
+    iptables: Vec<iptables::Backend>,
+    /// Measure Weir only (no iptables windows).
+    #[arg(long)]
+    no_iptables: bool,
+    /// Client threads opening connections.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Back-to-back window pairs (fewest vs most rules) for the flatness ratio.
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+    /// Seconds per window of a pair.
+    #[arg(long, default_value_t = 0.5)]
+    pair_window: f64,
+}
+
+#[derive(Args, Debug)]
+struct PolicyLatencyArgs {
+    /// Policies in force for the measured flips.
+    #[arg(long, default_value_t = 1_000)]
+    policies: usize,
+    /// Flips per direction and phase.
+    #[arg(long, default_value_t = 10)]
+    flips: usize,
+    /// New pods in the default-deny namespace.
+    #[arg(long, default_value_t = 40)]
+    pods: usize,
+    /// New pods in a namespace without policy (the baseline).
+    #[arg(long, default_value_t = 10)]
+    control_pods: usize,
+    /// Timeout (ms) of a probe expected to be dropped.
+    #[arg(long, default_value_t = 5)]
+    probe_timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct PolicyCompileArgs {
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    #[arg(long, default_value_t = 100)]
+    pods_per_namespace: usize,
+    #[arg(long, default_value_t = 100)]
+    policies_per_namespace: usize,
+    /// Local endpoints in the first case (the second has every pod local).
+    #[arg(long, default_value_t = 100)]
+    local: usize,
+    /// Compiles timed per kind.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+impl PolicyCompileArgs {
+    fn options(&self) -> policy_compile::Options {
+        policy_compile::Options {
+            namespaces: self.namespaces,
+            pods_per_namespace: self.pods_per_namespace,
+            policies_per_namespace: self.policies_per_namespace,
+            local: self.local,
+            reps: self.reps.clamp(1, 50),
+            ..policy_compile::Options::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
 struct AllArgs {
     /// How agent-rss creates its endpoints.
     #[arg(long, value_enum, default_value_t = rss::Via::Cni)]
@@ -254,6 +348,9 @@ enum Figure {
     MetricsScrape(metrics5::ScrapeOptions),
     MetricsUpdate(metrics5::UpdateOptions),
     Export(exporters::Options),
+    PolicyRules(policy_rules::Options),
+    PolicyLatency(policy_latency::Options),
+    PolicyCompile(policy_compile::Options),
 }
 
 impl Figure {
@@ -269,10 +366,46 @@ impl Figure {
             Figure::MetricsScrape(_) => "metrics-scrape",
             Figure::MetricsUpdate(_) => "metrics-update",
             Figure::Export(_) => "export-throughput",
+            Figure::PolicyRules(_) => "policy-rules",
+            Figure::PolicyLatency(_) => "policy-latency",
+            Figure::PolicyCompile(_) => "policy-compile",
         }
     }
 
-    async fn run(&self, bins: &Binaries) -> Result<Report> {
+    /// Runs the figure; most give one report, the policy figures several
+    /// measured in the same run.
+    async fn run(&self, bins: &Binaries) -> Result<Vec<Report>> {
+        match self {
+            Figure::PolicyRules(o) => {
+                self.need_root()?;
+                policy_rules::run(o).await
+            }
+            Figure::PolicyLatency(o) => {
+                self.need_root()?;
+                bins.check()?;
+                policy_latency::run(o, bins).await
+            }
+            Figure::PolicyCompile(o) => {
+                let o = o.clone();
+                tokio::task::spawn_blocking(move || policy_compile::run(&o))
+                    .await
+                    .context("the policy-compile thread panicked")?
+            }
+            _ => Ok(vec![self.run_one(bins).await?]),
+        }
+    }
+
+    fn need_root(&self) -> Result<()> {
+        if !weir_integration::is_root() {
+            bail!(
+                "{} needs root (network namespaces, BPF); run it as root",
+                self.name()
+            );
+        }
+        Ok(())
+    }
+
+    async fn run_one(&self, bins: &Binaries) -> Result<Report> {
         let unprivileged = matches!(
             self,
             Figure::Decode(_)
@@ -282,11 +415,8 @@ impl Figure {
                 | Figure::MetricsUpdate(_)
                 | Figure::Export(_)
         );
-        if !unprivileged && !weir_integration::is_root() {
-            bail!(
-                "{} needs root (network namespaces, BPF); run it as root",
-                self.name()
-            );
+        if !unprivileged {
+            self.need_root()?;
         }
         match self {
             Figure::Pps(o) => pps::run(o).await,
@@ -314,6 +444,9 @@ impl Figure {
             Figure::MetricsScrape(o) => blocking(o.clone(), metrics5::run_scrape).await,
             Figure::MetricsUpdate(o) => blocking(o.clone(), metrics5::run_update).await,
             Figure::Export(o) => blocking(o.clone(), exporters::run).await,
+            Figure::PolicyRules(_) | Figure::PolicyLatency(_) | Figure::PolicyCompile(_) => {
+                unreachable!("run() handles the policy figures")
+            }
         }
     }
 }
@@ -390,6 +523,34 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
             flat_out_flows: a.flat_out_flows,
             ..exporters::Options::default()
         })],
+        Command::PolicyRules(a) => vec![Figure::PolicyRules(policy_rules::Options {
+            window: secs(a.window, "--window")?,
+            reps: a.reps.clamp(1, 20),
+            rules: {
+                if a.rules.iter().any(|&n| n == 0 || n > 100_000) {
+                    bail!("--rules: each count must be 1..=100000");
+                }
+                a.rules.clone()
+            },
+            iptables: if a.no_iptables {
+                Vec::new()
+            } else {
+                a.iptables.clone()
+            },
+            clients: a.clients.clamp(1, 16),
+            pairs: a.pairs.clamp(1, 500),
+            pair_window: secs(a.pair_window, "--pair-window")?,
+        })],
+        Command::PolicyLatency(a) => vec![Figure::PolicyLatency(policy_latency::Options {
+            policies: a.policies,
+            flips: a.flips.clamp(1, 100),
+            pods: a.pods.min(500),
+            control_pods: a.control_pods.min(100),
+            probe_timeout: Duration::from_millis(a.probe_timeout_ms.clamp(1, 1000)),
+            ..policy_latency::Options::default()
+        })],
+        Command::PolicyCompile(a) => vec![Figure::PolicyCompile(a.options())],
+        Command::PolicyCompileWorker(_) => Vec::new(),
         Command::All(a) => vec![
             Figure::Decode(decode::Options::default()),
             Figure::Pps(pps::Options::default()),
@@ -404,6 +565,9 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
             Figure::MetricsScrape(metrics5::ScrapeOptions::default()),
             Figure::MetricsUpdate(metrics5::UpdateOptions::default()),
             Figure::Export(exporters::Options::default()),
+            Figure::PolicyCompile(policy_compile::Options::default()),
+            Figure::PolicyRules(policy_rules::Options::default()),
+            Figure::PolicyLatency(policy_latency::Options::default()),
         ],
     })
 }
@@ -411,6 +575,9 @@ fn figures(cmd: &Command) -> Result<Vec<Figure>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::PolicyCompileWorker(a) = &cli.command {
+        return compile_worker(a);
+    }
     let figures = match figures(&cli.command) {
         Ok(f) => f,
         Err(e) => {
@@ -447,12 +614,46 @@ fn main() -> ExitCode {
     rt.block_on(run_all(figures, bins, cli.json_out))
 }
 
+/// The hidden worker of policy-compile: one case, one JSON line.
+fn compile_worker(a: &PolicyCompileArgs) -> ExitCode {
+    let o = a.options();
+    let scale = policy_compile::Scale {
+        namespaces: o.namespaces,
+        pods_per_namespace: o.pods_per_namespace,
+        policies_per_namespace: o.policies_per_namespace,
+        local: o.local,
+        reps: o.reps,
+    };
+    match policy_compile::work(&scale) {
+        Ok(r) => match serde_json::to_string(&r) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("weir-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A figure's outcome for the summary: (pass, ratio) or the error.
 type Outcome = Result<(bool, f64), String>;
 
 async fn run_all(figures: Vec<Figure>, bins: Binaries, json_out: Option<PathBuf>) -> ExitCode {
     let mut summary: Vec<(String, Outcome)> = Vec::new();
-    let many = figures.len() > 1;
+    let many = figures.len() > 1
+        || figures.iter().any(|f| {
+            matches!(
+                f,
+                Figure::PolicyRules(_) | Figure::PolicyLatency(_) | Figure::PolicyCompile(_)
+            )
+        });
     for figure in &figures {
         tracing::info!(figure = figure.name(), "running");
         // Dropping the figure's future on Ctrl-C runs its guards, which
@@ -465,16 +666,18 @@ async fn run_all(figures: Vec<Figure>, bins: Binaries, json_out: Option<PathBuf>
             }
         };
         match result {
-            Ok(report) => {
-                print!("{}", report.table());
-                println!("{}", report.json_line());
-                let _ = std::io::stdout().flush();
-                if let Some(path) = &json_out
-                    && let Err(e) = append_line(path, &report.json_line())
-                {
-                    eprintln!("weir-bench: writing {}: {e:#}", path.display());
+            Ok(reports) => {
+                for report in reports {
+                    print!("{}", report.table());
+                    println!("{}", report.json_line());
+                    let _ = std::io::stdout().flush();
+                    if let Some(path) = &json_out
+                        && let Err(e) = append_line(path, &report.json_line())
+                    {
+                        eprintln!("weir-bench: writing {}: {e:#}", path.display());
+                    }
+                    summary.push((report.figure.clone(), Ok((report.pass, report.ratio))));
                 }
-                summary.push((figure.name().into(), Ok((report.pass, report.ratio))));
             }
             Err(e) => {
                 eprintln!("weir-bench: {}: {e:#}", figure.name());
@@ -492,10 +695,10 @@ async fn run_all(figures: Vec<Figure>, bins: Binaries, json_out: Option<PathBuf>
         for (name, r) in &summary {
             match r {
                 Ok((pass, ratio)) => println!(
-                    "  {name:<21} {}  ratio {ratio:.4}",
+                    "  {name:<30} {}  ratio {ratio:.4}",
                     if *pass { "PASS" } else { "MISS" }
                 ),
-                Err(e) => println!("  {name:<21} ERROR {e}"),
+                Err(e) => println!("  {name:<30} ERROR {e}"),
             }
         }
     }
