@@ -768,3 +768,98 @@ fn invalid_policy_keeps_its_last_good_version_and_others_stay() {
     };
     assert_eq!(b.cidr.to_string(), "172.16.0.0/12");
 }
+
+/// Everything a load reports, comparable.
+fn summary(r: &LoadResult) -> String {
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{} {}",
+        r.objects,
+        error_texts(r),
+        r.rejected,
+        r.failed_paths,
+        r.skipped_kinds,
+        r.files,
+        r.complete
+    )
+}
+
+#[test]
+fn unchanged_files_are_not_read_again_and_the_result_is_a_fresh_loads() {
+    let d = Dir::new();
+    d.write("a.yaml", MULTI);
+    d.write("b.yaml", &pod_with("  labels: {app: b}\n"));
+    d.write(
+        "sub/c.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: shop}\n",
+    );
+    d.write("broken.yaml", "kind: [\n");
+    // A duplicate of a.yaml's namespace: the check spans files, cached or not.
+    d.write(
+        "dup.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+    let mut cache = FileCache {
+        settle: std::time::Duration::ZERO,
+        ..FileCache::default()
+    };
+    let same_as_fresh = |cache: &mut FileCache, what: &str| {
+        let cached = load_dir_cached(d.0.path(), cache);
+        assert_eq!(summary(&cached), summary(&d.load()), "{what}");
+    };
+    same_as_fresh(&mut cache, "first load");
+    assert_eq!(cache.reads(), 5);
+    same_as_fresh(&mut cache, "nothing changed");
+    assert_eq!(cache.reads(), 5, "nothing read again");
+
+    d.write("b.yaml", &pod_with("  labels: {app: bee}\n"));
+    same_as_fresh(&mut cache, "b rewritten");
+    assert_eq!(cache.reads(), 6, "only b read again");
+
+    // Replaced by a rename (as editors and ConfigMap volumes do), same size.
+    let tmp = d.0.path().join(".c.tmp");
+    fs::write(
+        &tmp,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: shop}\n",
+    )
+    .unwrap();
+    fs::rename(&tmp, d.0.path().join("sub/c.yaml")).unwrap();
+    same_as_fresh(&mut cache, "c replaced");
+    assert_eq!(cache.reads(), 7, "only c read again");
+
+    d.remove("dup.yaml");
+    d.write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: fixed}\n",
+    );
+    same_as_fresh(&mut cache, "dup removed, broken fixed");
+    assert_eq!(cache.reads(), 8, "only the fixed file read again");
+}
+
+#[test]
+fn a_file_changed_again_within_its_timestamp_granularity_is_read_again() {
+    // With coarse file times, two writes of the same size in one clock tick
+    // leave the file's size and times as they were. Simulated: after the
+    // second write, the cache is made to hold the file's new fingerprint for
+    // the first version. A fingerprint younger than the settle time is not
+    // trusted, so the second version is still seen.
+    let d = Dir::new();
+    let mut cache = FileCache::default();
+    d.write("p.yaml", &pod_with("  labels: {app: one}\n"));
+    load_dir_cached(d.0.path(), &mut cache);
+    d.write("p.yaml", &pod_with("  labels: {app: two}\n"));
+    let now = Fingerprint::of(&fs::metadata(d.0.path().join("p.yaml")).unwrap());
+    cache
+        .files
+        .get_mut(Path::new("p.yaml"))
+        .unwrap()
+        .fingerprint = now;
+    let r = load_dir_cached(d.0.path(), &mut cache);
+    assert_eq!(pods(&r.objects)[0].labels["app"], "two");
+    assert_eq!(cache.reads(), 2);
+    // Once settled, the same fingerprint is trusted: not read again.
+    let cached = cache.files.get_mut(Path::new("p.yaml")).unwrap();
+    assert!(!cached.settled, "just written: not settled");
+    cached.settled = true;
+    load_dir_cached(d.0.path(), &mut cache);
+    assert_eq!(cache.reads(), 2);
+}

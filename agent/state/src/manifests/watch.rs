@@ -18,7 +18,9 @@ use super::{ManifestError, ManifestSource, Snapshot, SyncStatus};
 #[derive(Clone, Copy, Debug)]
 pub struct WatchOptions {
     /// Wait after the first change event before reading, so that an editor's
-    /// write-rename-chmod sequence is read once (default 100 ms).
+    /// write-rename-chmod sequence is usually read once (default 10 ms).
+    /// Only changed files are read, so a second read is cheap; what arrives
+    /// during a scan wakes one more scan right after it.
     pub debounce: Duration,
     /// Rescan this often even without events (default 2 s).
     pub rescan: Duration,
@@ -30,7 +32,7 @@ pub struct WatchOptions {
 impl Default for WatchOptions {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(10),
             rescan: Duration::from_secs(2),
             inotify: true,
         }
