@@ -337,11 +337,16 @@ fn load_file(rel: &Path, text: &str) -> FileLoad {
 /// Parsed files by relative path, so a scan reads and parses only the files
 /// that changed since the one before (a directory of a thousand policies is
 /// re-read in a millisecond or two when one of them changes, not a hundred).
+/// A file changed in the last couple of seconds is read on every scan (its
+/// times may not show a further change yet) but parsed only if its text
+/// differs.
 #[derive(Debug)]
 pub struct FileCache {
     files: std::collections::HashMap<PathBuf, CachedFile>,
     /// Files read (not served from the cache) by all scans so far.
     reads: u64,
+    /// Files parsed (read, and their text differed from the cached one).
+    parses: u64,
     /// See [`Fingerprint::settled_at`].
     settle: std::time::Duration,
 }
@@ -351,6 +356,7 @@ impl Default for FileCache {
         Self {
             files: Default::default(),
             reads: 0,
+            parses: 0,
             // Well above any file system's timestamp granularity but FAT's.
             settle: std::time::Duration::from_secs(2),
         }
@@ -362,13 +368,28 @@ struct CachedFile {
     fingerprint: Fingerprint,
     /// The fingerprint may be trusted (see [`Fingerprint::settled_at`]).
     settled: bool,
+    /// Of the text parsed: a file read again (not settled yet, or touched
+    /// without a change) is only parsed again when its text differs.
+    text_hash: u64,
     load: Arc<FileLoad>,
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl FileCache {
     /// Files read from disk (rather than taken from the cache) so far.
     pub fn reads(&self) -> u64 {
         self.reads
+    }
+
+    /// Files parsed so far (read with a text that differed from the cached).
+    pub fn parses(&self) -> u64 {
+        self.parses
     }
 
     /// The parsed content of `rel`, from the cache when the file is
@@ -384,12 +405,20 @@ impl FileCache {
         let read_at = SystemTime::now();
         let (text, fingerprint) = read_file(root, rel)?;
         self.reads += 1;
-        let load = Arc::new(load_file(rel, &text));
+        let hash = text_hash(&text);
+        let load = match self.files.get(rel) {
+            Some(c) if c.text_hash == hash => Arc::clone(&c.load),
+            _ => {
+                self.parses += 1;
+                Arc::new(load_file(rel, &text))
+            }
+        };
         self.files.insert(
             rel.to_path_buf(),
             CachedFile {
                 fingerprint,
                 settled: fingerprint.settled_at(read_at, self.settle),
+                text_hash: hash,
                 load: Arc::clone(&load),
             },
         );
@@ -573,6 +602,12 @@ impl ManifestSource {
     /// read again).
     pub fn files_read(&self) -> u64 {
         self.cache.reads()
+    }
+
+    /// Files parsed by all reloads so far (a file read again with the same
+    /// text is not parsed again).
+    pub fn files_parsed(&self) -> u64 {
+        self.cache.parses()
     }
 
     /// Applies one load: valid objects replace what was served; rejected
