@@ -47,7 +47,13 @@ pub struct Decoder {
     no_name: Arc<str>,
     /// Names the policies of an event's attribution id.
     attribution: Option<Arc<Attribution>>,
+    /// Ids already looked up in `attribution` (an id never changes its
+    /// set), so an event does not take the table's lock; cleared when full.
+    attribution_seen: HashMap<u32, Policies>,
 }
+
+/// Bound of [`Decoder::attribution_seen`].
+const ATTRIBUTION_SEEN_MAX: usize = 4096;
 
 impl Decoder {
     /// A decoder for flows observed on `node_name`, converting event times
@@ -72,6 +78,7 @@ impl Decoder {
             interfaces: HashMap::default(),
             no_name: Arc::from(""),
             attribution: None,
+            attribution_seen: HashMap::new(),
         }
     }
 
@@ -79,6 +86,23 @@ impl Decoder {
     /// it, flows carry no `*_allowed_by` / `*_denied_by`).
     pub fn set_attribution(&mut self, table: Arc<Attribution>) {
         self.attribution = Some(table);
+        self.attribution_seen.clear();
+    }
+
+    /// The policies of attribution id `id` (0: none).
+    fn policies_of(&mut self, id: u32) -> Option<Policies> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(set) = self.attribution_seen.get(&id) {
+            return Some(set.clone());
+        }
+        let set = self.attribution.as_ref()?.get(id)?;
+        if self.attribution_seen.len() >= ATTRIBUTION_SEEN_MAX {
+            self.attribution_seen.clear();
+        }
+        self.attribution_seen.insert(id, set.clone());
+        Some(set)
     }
 
     /// The node name put on every flow.
@@ -218,11 +242,7 @@ impl Decoder {
         // decided in at this endpoint: egress for a connection the endpoint
         // opened (forward packets leave it at FROM_ENDPOINT), else ingress.
         let mut policies: [Policies; 4] = Default::default();
-        if let Some(set) = self
-            .attribution
-            .as_ref()
-            .and_then(|t| t.get(ev.policy_attr))
-        {
+        if let Some(set) = self.policies_of(ev.policy_attr) {
             let egress = (ev.obs_point == obs::FROM_ENDPOINT) != is_reply;
             let denied = matches!(verdict, Verdict::Dropped | Verdict::Audit);
             policies[usize::from(egress) * 2 + usize::from(denied)] = set;

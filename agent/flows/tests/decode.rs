@@ -584,6 +584,33 @@ fn policy_attribution_goes_to_the_deciding_direction() {
     assert!(empty(&d.decode(&ev, &index()).egress_denied_by));
     ev.policy_attr = 0;
     assert!(empty(&d.decode(&ev, &index()).egress_denied_by));
+    // An id unknown at first (its set published after the event was
+    // written) is named once the table has it: misses are not remembered.
+    ev.policy_attr = 99;
+    table.insert(99, allow.clone());
+    assert_eq!(d.decode(&ev, &index()).egress_denied_by, allow);
+    // Ids the decoder has seen keep naming their sets, many of them.
+    for id in 1000..6000u32 {
+        table.insert(
+            id,
+            if id % 2 == 0 {
+                allow.clone()
+            } else {
+                deny.clone()
+            },
+        );
+    }
+    for round in 0..2 {
+        for id in 1000..6000u32 {
+            ev.policy_attr = id;
+            let want = if id % 2 == 0 { &allow } else { &deny };
+            assert_eq!(
+                &d.decode(&ev, &index()).egress_denied_by,
+                want,
+                "id {id} round {round}"
+            );
+        }
+    }
 
     // The flow log prints them in Hubble's shape.
     ev.policy_attr = 6;
@@ -593,7 +620,7 @@ fn policy_attribution_goes_to_the_deciding_direction() {
         json["egress_denied_by"],
         serde_json::json!([{"name":"default-deny","namespace":"x"},{"name":"egress-only","namespace":"x"}])
     );
-    assert_eq!(table.len(), 2);
+    assert_eq!(table.len(), 5003);
 }
 
 #[test]
