@@ -5,7 +5,7 @@
 //! manifests source, the flow ring and its consumers, the metrics listener and
 //! the local API. It holds no packet or policy logic of its own.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ impl Shared {
         let index = self.current_index();
         let ctl = self.policy.lock().expect("policy lock");
         let state = self.state.lock().expect("state lock");
-        compiler_input(&ctl, &state, &index)
+        compiler_input(&ctl, &state, &index, crate::policy::local_addresses())
     }
 
     /// Records the endpoint, publishes it for enrichment, then attaches the
@@ -208,18 +208,19 @@ impl Shared {
     /// with the model: called after every change of the model, and before
     /// a new endpoint's programs are attached.
     fn rebuild_index(&self) {
-        self.publish_index();
-        if self.sync_policy() {
+        let local = crate::policy::local_addresses();
+        self.publish_index(&local);
+        if self.sync_policy(local.clone()) {
             // A hostNetwork pod was found or lost: its flows' local side
             // comes from the index by its endpoint id.
-            self.publish_index();
+            self.publish_index(&local);
         }
     }
 
     /// Builds the enrichment index from the model, plus this node's own
     /// addresses (`reserved:host`) and its policed hostNetwork pods (by
     /// their endpoint ids), and publishes it.
-    fn publish_index(&self) {
+    fn publish_index(&self, local: &[IpAddr]) {
         // Lock order: policy before state (as in sync_policy).
         let host_pods: Vec<crate::policy::HostPod> = self
             .policy
@@ -248,7 +249,7 @@ impl Shared {
             node_name: self.node_name.clone(),
             ..weir_state::EndpointMeta::default()
         });
-        for ip in crate::policy::local_addresses() {
+        for &ip in local {
             if !ip.is_loopback() {
                 index.insert_if_absent(ip, Arc::clone(&host));
             }
@@ -258,7 +259,7 @@ impl Shared {
 
     /// Compiles the model's policies and writes what changed; true when the
     /// set of policed hostNetwork pods changed.
-    fn sync_policy(&self) -> bool {
+    fn sync_policy(&self, local: Vec<IpAddr>) -> bool {
         let index = self.current_index();
         let mut ctl = self.policy.lock().expect("policy lock");
         let (input, gone, host_changed) = {
@@ -266,7 +267,7 @@ impl Shared {
             let before = ctl.host.pods().count();
             let gone = ctl.host.refresh(&state, &self.node_name);
             let changed = !gone.is_empty() || ctl.host.pods().count() != before;
-            (compiler_input(&ctl, &state, &index), gone, changed)
+            (compiler_input(&ctl, &state, &index, local), gone, changed)
         };
         let report = {
             let mut dp = self.datapath.lock().expect("datapath lock");
@@ -293,8 +294,11 @@ impl Shared {
     /// pods' cgroups were not all found.
     fn retry_policy_sync(&self) {
         let pending = self.policy.lock().expect("policy lock").needs_retry();
-        if pending && self.sync_policy() {
-            self.publish_index();
+        if pending {
+            let local = crate::policy::local_addresses();
+            if self.sync_policy(local.clone()) {
+                self.publish_index(&local);
+            }
         }
     }
 
@@ -332,13 +336,9 @@ fn compiler_input(
     ctl: &crate::policy::PolicyController,
     state: &ClusterState,
     index: &EndpointIndex,
+    local: Vec<IpAddr>,
 ) -> weir_policy::Input {
-    let mut input = crate::policy::input_from_state(
-        state,
-        index,
-        crate::policy::local_addresses(),
-        ctl.options(),
-    );
+    let mut input = crate::policy::input_from_state(state, index, local, ctl.options());
     ctl.host.assign(&mut input);
     input
 }
