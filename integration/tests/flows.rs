@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{metrics, sum};
 use serde_json::Value;
 use weir_integration::{Lab, LabOptions, NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
 
@@ -25,28 +26,6 @@ fn in_netns<T: Send + 'static>(netns: PathBuf, f: impl FnOnce() -> T + Send + 's
     })
     .join()
     .expect("netns thread")
-}
-
-/// `name{labels} value` lines of the exposition, keyed by the whole series.
-fn metrics(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sum of every series of `family` whose labels contain all of `labels`.
-fn sum(m: &BTreeMap<String, f64>, family: &str, labels: &[&str]) -> f64 {
-    m.iter()
-        .filter(|(k, _)| {
-            (k.as_str() == family || k.starts_with(&format!("{family}{{")))
-                && labels.iter().all(|l| k.contains(l))
-        })
-        .map(|(_, v)| v)
-        .sum()
 }
 
 fn flows_only(lines: &[Value]) -> Vec<&Value> {

@@ -10,30 +10,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{metrics, sum};
 use serde_json::{Value, json};
 use weir_integration::{Lab, LabOptions, NamespaceSpec, PodSpec, PortSpec, ProbeSpec};
-
-fn metrics(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn sum(m: &BTreeMap<String, f64>, family: &str, labels: &[&str]) -> f64 {
-    m.iter()
-        .filter(|(k, _)| {
-            (k.as_str() == family || k.starts_with(&format!("{family}{{")))
-                && labels.iter().all(|l| k.contains(l))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
 
 fn flows(lines: &[Value]) -> Vec<Value> {
     lines
@@ -117,6 +100,49 @@ async fn demo_lab(options: LabOptions) -> Lab {
         .await
         .expect("policies");
     lab
+}
+
+/// Writes `yaml` to a temporary agent config named after `name` and this
+/// process, and has the lab's agent read it; the caller removes the file.
+fn agent_config(options: &mut LabOptions, name: &str, yaml: &str) -> PathBuf {
+    let config =
+        std::env::temp_dir().join(format!("weir-policy-{name}-{}.yaml", std::process::id()));
+    std::fs::write(&config, yaml).unwrap();
+    options
+        .agent_args
+        .extend(["--config".to_string(), config.display().to_string()]);
+    config
+}
+
+/// A lab with namespace `x`: one pod per name in `pods`, labelled
+/// `{key}={name}` and serving TCP 80, then the hostNetwork pod `x/agent`
+/// (`{key}=agent`) serving TCP 9100 on the node's address; with that
+/// address (IPv4).
+async fn hostnet_lab(options: LabOptions, key: &str, pods: &[&str]) -> (Lab, IpAddr) {
+    let mut lab = Lab::start(options).await.expect("lab starts");
+    lab.add_namespace(NamespaceSpec::new("x")).unwrap();
+    let mut specs: Vec<PodSpec> = pods
+        .iter()
+        .map(|name| {
+            PodSpec::new("x", name)
+                .label(key, name)
+                .port(PortSpec::tcp(80))
+        })
+        .collect();
+    specs.push(
+        PodSpec::new("x", "agent")
+            .label(key, "agent")
+            .host_network()
+            .port(PortSpec::tcp(9100)),
+    );
+    lab.add_pods(specs).await.expect("pods");
+    let node_ip = lab
+        .node_ips()
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .copied()
+        .expect("node IPv4");
+    (lab, node_ip)
 }
 
 /// The demo's policies: every verdict kind shows in probes, flows (with
@@ -270,12 +296,7 @@ async fn global_audit_passes_every_would_be_drop() {
     else {
         return;
     };
-    let config =
-        std::env::temp_dir().join(format!("weir-policy-audit-{}.yaml", std::process::id()));
-    std::fs::write(&config, "policy:\n  audit: true\n").unwrap();
-    options
-        .agent_args
-        .extend(["--config".to_string(), config.display().to_string()]);
+    let config = agent_config(&mut options, "audit", "policy:\n  audit: true\n");
     let lab = demo_lab(options).await;
     let r = lab
         .probe(&ProbeSpec::tcp("shop/frontend", "db/postgres", 5432))
@@ -311,31 +332,7 @@ async fn ipblock_selects_node_and_pod_addresses_and_bad_policies_weaken_nothing(
     ) else {
         return;
     };
-    let mut lab = Lab::start(options).await.expect("lab starts");
-    lab.add_namespace(NamespaceSpec::new("x")).unwrap();
-    lab.add_pods(vec![
-        PodSpec::new("x", "a")
-            .label("pod", "a")
-            .port(PortSpec::tcp(80)),
-        PodSpec::new("x", "b")
-            .label("pod", "b")
-            .port(PortSpec::tcp(80)),
-        PodSpec::new("x", "c")
-            .label("pod", "c")
-            .port(PortSpec::tcp(80)),
-        PodSpec::new("x", "agent")
-            .label("pod", "agent")
-            .host_network()
-            .port(PortSpec::tcp(9100)),
-    ])
-    .await
-    .expect("pods");
-    let node_ip = lab
-        .node_ips()
-        .iter()
-        .find(|ip| ip.is_ipv4())
-        .copied()
-        .expect("node IPv4");
+    let (mut lab, node_ip) = hostnet_lab(options, "pod", &["a", "b", "c"]).await;
     let egress = |cidrs: Vec<String>| {
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -433,34 +430,12 @@ async fn host_network_pods_are_policed_by_their_cgroup() {
         return;
     };
     // Without the node rule, a node process's ingress is judged like any peer.
-    let config =
-        std::env::temp_dir().join(format!("weir-policy-hostnet-{}.yaml", std::process::id()));
-    std::fs::write(&config, "policy:\n  allowHostIngress: false\n").unwrap();
-    options
-        .agent_args
-        .extend(["--config".to_string(), config.display().to_string()]);
-    let mut lab = Lab::start(options).await.expect("lab starts");
-    lab.add_namespace(NamespaceSpec::new("x")).unwrap();
-    lab.add_pods(vec![
-        PodSpec::new("x", "a")
-            .label("app", "a")
-            .port(PortSpec::tcp(80)),
-        PodSpec::new("x", "b")
-            .label("app", "b")
-            .port(PortSpec::tcp(80)),
-        PodSpec::new("x", "agent")
-            .label("app", "agent")
-            .host_network()
-            .port(PortSpec::tcp(9100)),
-    ])
-    .await
-    .expect("pods");
-    let node_ip = lab
-        .node_ips()
-        .iter()
-        .find(|ip| ip.is_ipv4())
-        .copied()
-        .expect("node IPv4");
+    let config = agent_config(
+        &mut options,
+        "hostnet",
+        "policy:\n  allowHostIngress: false\n",
+    );
+    let (mut lab, node_ip) = hostnet_lab(options, "app", &["a", "b"]).await;
     let np = |name: &str, spec: Value| {
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                "metadata": {"namespace": "x", "name": name}, "spec": spec})

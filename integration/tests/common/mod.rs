@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use weir_integration::{LabOptions, is_root, sibling_binary};
@@ -115,4 +116,27 @@ pub fn metric(lab: &weir_integration::Lab, series: &str) -> Option<f64> {
         let (k, v) = l.rsplit_once(' ')?;
         (k == series).then(|| v.parse().ok())?
     })
+}
+
+/// `name{labels} value` lines of a Prometheus exposition, keyed by the whole
+/// series.
+pub fn metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every series of `family` whose labels contain all of `labels`.
+pub fn sum(m: &BTreeMap<String, f64>, family: &str, labels: &[&str]) -> f64 {
+    m.iter()
+        .filter(|(k, _)| {
+            (k.as_str() == family || k.starts_with(&format!("{family}{{")))
+                && labels.iter().all(|l| k.contains(l))
+        })
+        .map(|(_, v)| v)
+        .sum()
 }
