@@ -136,21 +136,47 @@ fn md(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `weir policy explain --from FROM --to TO --port PORT`, then `rest` (the
+/// model: `--manifests` or `--socket`, and options).
+async fn explain(from: &str, to: &str, port: &str, rest: &[&str]) -> Output {
+    weir(
+        &[
+            &["explain", "--from", from, "--to", to, "--port", port][..],
+            rest,
+        ]
+        .concat(),
+    )
+    .await
+}
+
+/// `weir policy what-if CHANGE --flows FLOWS --manifests M`, then `extra`.
+async fn what_if(change: &Path, flows: &Path, m: &Path, extra: &[&str]) -> Output {
+    weir(
+        &[
+            &[
+                "what-if",
+                md(change),
+                "--flows",
+                md(flows),
+                "--manifests",
+                md(m),
+            ][..],
+            extra,
+        ]
+        .concat(),
+    )
+    .await
+}
+
+/// Writes [`CHANGE`] to `change.yaml` in `dir`.
+fn write_change(dir: &Path) -> PathBuf {
+    let change = dir.join("change.yaml");
+    std::fs::write(&change, CHANGE).unwrap();
+    change
+}
+
 async fn explain_json(m: &Path, from: &str, to: &str, port: &str) -> Value {
-    let out = weir(&[
-        "explain",
-        "--from",
-        from,
-        "--to",
-        to,
-        "--port",
-        port,
-        "--manifests",
-        md(m),
-        "-o",
-        "json",
-    ])
-    .await;
+    let out = explain(from, to, port, &["--manifests", md(m), "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)))
 }
@@ -161,18 +187,7 @@ async fn explain_names_the_verdict_and_the_rules() {
     let m = model_dir(dir.path());
 
     // Allowed by a namespace selector; egress not isolated.
-    let out = weir(&[
-        "explain",
-        "--from",
-        "y/b",
-        "--to",
-        "x/a",
-        "--port",
-        "80/TCP",
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = explain("y/b", "x/a", "80/TCP", &["--manifests", md(&m)]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let t = text(&out.stdout);
     let lines: Vec<&str> = t.lines().collect();
@@ -200,18 +215,7 @@ async fn explain_names_the_verdict_and_the_rules() {
     assert_eq!(lines.len(), 7, "{t}");
 
     // Denied at both ends: each end names its isolating policies and the peer.
-    let out = weir(&[
-        "explain",
-        "--from",
-        "z/b",
-        "--to",
-        "x/a",
-        "--port",
-        "80/tcp",
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = explain("z/b", "x/a", "80/tcp", &["--manifests", md(&m)]).await;
     assert_eq!(out.status.code(), Some(0), "a verdict is not an error");
     let t = text(&out.stdout);
     let lines: Vec<&str> = t.lines().collect();
@@ -252,18 +256,7 @@ async fn explain_names_the_verdict_and_the_rules() {
     assert_eq!(e["ingress"]["rules"], json!([]));
 
     // Audit mode: denied at the destination, passes as AUDIT.
-    let out = weir(&[
-        "explain",
-        "--from",
-        "x/a",
-        "--to",
-        "y/b",
-        "--port",
-        "80",
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = explain("x/a", "y/b", "80", &["--manifests", md(&m)]).await;
     let t = text(&out.stdout);
     assert!(
         t.starts_with("AUDIT  x/a (10.0.1.1) -> y/b (10.0.2.2)  80/TCP\n"),
@@ -290,18 +283,7 @@ async fn explain_names_the_verdict_and_the_rules() {
     assert_eq!(e["egress"]["verdict"], "DENIED", "inside the except: {e}");
     assert_eq!(e["to"]["cidr_cell"], "10.0.1.0/24");
     // Outside the cluster: no ingress side.
-    let out = weir(&[
-        "explain",
-        "--from",
-        "z/a",
-        "--to",
-        "8.8.8.8",
-        "--port",
-        "53/UDP",
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = explain("z/a", "8.8.8.8", "53/UDP", &["--manifests", md(&m)]).await;
     let t = text(&out.stdout);
     assert!(
         t.starts_with("DENIED  z/a (10.0.3.1) -> 8.8.8.8  53/UDP\n"),
@@ -336,18 +318,7 @@ async fn an_invalid_manifest_is_skipped_as_the_agent_skips_it() {
         json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "tcp"}]}]}),
     );
     write_docs(&m.join("broken.json"), &[broken.take()]);
-    let out = weir(&[
-        "explain",
-        "--from",
-        "y/b",
-        "--to",
-        "x/b",
-        "--port",
-        "80/TCP",
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = explain("y/b", "x/b", "80/TCP", &["--manifests", md(&m)]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(
         text(&out.stdout).starts_with("ALLOWED  y/b"),
@@ -463,18 +434,7 @@ async fn explain_usage_errors_exit_64_with_one_line() {
 async fn without_an_agent_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("weir.sock");
-    let out = weir(&[
-        "explain",
-        "--from",
-        "x/a",
-        "--to",
-        "x/b",
-        "--port",
-        "80/TCP",
-        "--socket",
-        md(&sock),
-    ])
-    .await;
+    let out = explain("x/a", "x/b", "80/TCP", &["--socket", md(&sock)]).await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(err.contains("cannot reach the weir agent"), "{err}");
@@ -630,20 +590,9 @@ async fn what_if_lists_exactly_the_flows_whose_verdict_changes() {
     let dir = tempfile::tempdir().unwrap();
     let m = model_dir(dir.path());
     let log = flow_log(dir.path());
-    let change = dir.path().join("change.yaml");
-    std::fs::write(&change, CHANGE).unwrap();
+    let change = write_change(dir.path());
 
-    let out = weir(&[
-        "what-if",
-        md(&change),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-        "-o",
-        "json",
-    ])
-    .await;
+    let out = what_if(&change, &log, &m, &["-o", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -683,15 +632,7 @@ async fn what_if_lists_exactly_the_flows_whose_verdict_changes() {
     assert_eq!(c["before"]["egress"]["enforced"], false);
 
     // Text: the changed flows, and the summary line last.
-    let out = weir(&[
-        "what-if",
-        md(&change),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = what_if(&change, &log, &m, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let t = text(&out.stdout);
     assert!(
@@ -717,34 +658,18 @@ async fn what_if_lists_exactly_the_flows_whose_verdict_changes() {
     );
 
     // --exit-code: 1 when something changes.
-    let out = weir(&[
-        "what-if",
-        md(&change),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-        "--exit-code",
-    ])
-    .await;
+    let out = what_if(&change, &log, &m, &["--exit-code"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
 
     // Deleting the audited namespace's policy turns its AUDIT flows to ALLOWED.
     let empty = dir.path().join("empty.yaml");
     std::fs::write(&empty, "").unwrap();
-    let out = weir(&[
-        "what-if",
-        md(&empty),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-        "--delete",
-        "y/default-deny",
-        "--exit-code",
-        "-o",
-        "json",
-    ])
+    let out = what_if(
+        &empty,
+        &log,
+        &m,
+        &["--delete", "y/default-deny", "--exit-code", "-o", "json"],
+    )
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -763,16 +688,7 @@ async fn what_if_lists_exactly_the_flows_whose_verdict_changes() {
     // A change that changes no verdict: exit 0 even with --exit-code.
     let same = dir.path().join("same.json");
     std::fs::write(&same, policies()[1].to_string()).unwrap();
-    let out = weir(&[
-        "what-if",
-        md(&same),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-        "--exit-code",
-    ])
-    .await;
+    let out = what_if(&same, &log, &m, &["--exit-code"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(
         text(&out.stdout).lines().last(),
@@ -823,15 +739,7 @@ async fn what_if_refuses_an_invalid_change_naming_document_object_and_field() {
     for (name, body, code, want) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, body).unwrap();
-        let out = weir(&[
-            "what-if",
-            md(&path),
-            "--flows",
-            md(&log),
-            "--manifests",
-            md(&m),
-        ])
-        .await;
+        let out = what_if(&path, &log, &m, &[]).await;
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(*code), "{name}: {}", show(&out));
         assert!(err.contains(want), "{name}: {err:?} lacks {want:?}");
@@ -839,8 +747,7 @@ async fn what_if_refuses_an_invalid_change_naming_document_object_and_field() {
         assert!(out.stdout.is_empty(), "{name}");
     }
 
-    let change = dir.path().join("change.yaml");
-    std::fs::write(&change, CHANGE).unwrap();
+    let change = write_change(dir.path());
     let usage: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--delete".into(), "y/nope".into()],
@@ -874,30 +781,14 @@ async fn what_if_refuses_an_invalid_change_naming_document_object_and_field() {
         assert!(text(&out.stderr).contains(want), "{args:?}: {}", show(&out));
     }
     let missing = dir.path().join("missing.yaml");
-    let out = weir(&[
-        "what-if",
-        md(&missing),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = what_if(&missing, &log, &m, &[]).await;
     assert_eq!(out.status.code(), Some(64), "{}", show(&out));
     assert!(
         text(&out.stderr).contains("cannot read change file"),
         "{}",
         show(&out)
     );
-    let out = weir(&[
-        "what-if",
-        md(&change),
-        "--flows",
-        md(&missing),
-        "--manifests",
-        md(&m),
-    ])
-    .await;
+    let out = what_if(&change, &missing, &m, &[]).await;
     assert_eq!(out.status.code(), Some(64), "{}", show(&out));
     assert!(
         text(&out.stderr).contains("cannot read --flows"),
@@ -949,17 +840,7 @@ async fn what_if_agrees_with_explain_for_a_host_network_source() {
     let log = dir.path().join("flows.json");
     std::fs::write(&log, line.to_string() + "\n").unwrap();
 
-    let out = weir(&[
-        "what-if",
-        md(&change),
-        "--flows",
-        md(&log),
-        "--manifests",
-        md(&m),
-        "-o",
-        "json",
-    ])
-    .await;
+    let out = what_if(&change, &log, &m, &["-o", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["connections"], 1, "{r}");
@@ -1048,8 +929,7 @@ async fn the_agent_and_the_flow_api_answer_as_the_offline_commands() {
     let log = flow_log(dir.path());
     let sock = serve_local_api(dir.path(), &m);
     let hubble = serve_flow_api(dir.path(), &log);
-    let change = dir.path().join("change.yaml");
-    std::fs::write(&change, CHANGE).unwrap();
+    let change = write_change(dir.path());
 
     for (from, to, port) in [
         ("y/b", "x/a", "80/TCP"),
@@ -1070,18 +950,7 @@ async fn the_agent_and_the_flow_api_answer_as_the_offline_commands() {
         assert_eq!(without_model(a), without_model(o), "{from} -> {to} {port}");
     }
     // The agent's refusals keep their exit status and message.
-    let out = weir(&[
-        "explain",
-        "--from",
-        "x/a",
-        "--to",
-        "x/zz",
-        "--port",
-        "80/TCP",
-        "--socket",
-        md(&sock),
-    ])
-    .await;
+    let out = explain("x/a", "x/zz", "80/TCP", &["--socket", md(&sock)]).await;
     assert_eq!(out.status.code(), Some(64), "{}", show(&out));
     assert_eq!(
         text(&out.stderr).trim_end(),
@@ -1168,8 +1037,7 @@ async fn the_agent_and_the_flow_api_answer_as_the_offline_commands() {
 async fn what_if_without_the_flow_api_says_how_to_enable_it() {
     let dir = tempfile::tempdir().unwrap();
     let m = model_dir(dir.path());
-    let change = dir.path().join("change.yaml");
-    std::fs::write(&change, CHANGE).unwrap();
+    let change = write_change(dir.path());
     let server = format!("unix://{}", dir.path().join("hubble.sock").display());
     let out = weir(&[
         "what-if",
