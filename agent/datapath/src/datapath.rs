@@ -450,46 +450,33 @@ impl Datapath {
             }
         }
 
-        let mut links = Vec::with_capacity(HOOKS.len());
-        for (program, attach_type) in HOOKS {
-            let options = match self.mode {
-                AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                AttachMode::ClsAct => TcAttachOptions::Netlink(tc::NlOptions::default()),
-            };
-            let result = classifier_mut(&mut self.ebpf, program).and_then(|prog| {
-                prog.attach_with_options(ifname, attach_type, options)
+        let mode = self.mode;
+        let links = attach_all(
+            &mut self.ebpf,
+            HOOKS,
+            |ebpf, program, attach_type| {
+                let options = match mode {
+                    AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    AttachMode::ClsAct => TcAttachOptions::Netlink(tc::NlOptions::default()),
+                };
+                classifier_mut(ebpf, program)?
+                    .attach_with_options(ifname, attach_type, options)
                     .map_err(|source| DatapathError::Attach {
                         ifname: ifname.to_owned(),
                         program,
                         source: Box::new(source),
                     })
-            });
-            match result {
-                Ok(link) => links.push((program, link)),
-                Err(error) => {
-                    // Leave nothing half attached.
-                    for (program, link) in links {
-                        if let Ok(prog) = classifier_mut(&mut self.ebpf, program)
-                            && let Err(undo) = prog.detach(link)
-                        {
-                            warn!(ifname, program, error = %undo, "undoing a partial attach failed");
-                        }
-                    }
-                    return Err(error);
-                }
-            }
-        }
-        let mut ids = links.into_iter().map(|(_, link)| link);
-        let (Some(ingress), Some(egress)) = (ids.next(), ids.next()) else {
-            unreachable!("HOOKS has two entries");
-        };
-        self.attachments.insert(
-            ifname.to_owned(),
-            Attachment {
-                ifindex,
-                links: [ingress, egress],
             },
-        );
+            |ebpf, program, link| {
+                if let Ok(prog) = classifier_mut(ebpf, program)
+                    && let Err(undo) = prog.detach(link)
+                {
+                    warn!(ifname, program, error = %undo, "undoing a partial attach failed");
+                }
+            },
+        )?;
+        self.attachments
+            .insert(ifname.to_owned(), Attachment { ifindex, links });
         debug!(ifname, ifindex, mode = self.mode.as_str(), "attached");
         Ok(ifindex)
     }
@@ -574,49 +561,35 @@ impl Datapath {
             })
         })?;
 
-        let mut links = Vec::with_capacity(CGROUP_HOOKS.len());
-        for (program, attach_type) in CGROUP_HOOKS {
-            // Single is the flags value 0 that bpf_link_create requires for
-            // cgroups; a link never excludes other programs on the cgroup.
-            let result = cgroup_skb_mut(&mut self.ebpf, program).and_then(|prog| {
-                prog.attach(&dir, attach_type, CgroupAttachMode::Single)
+        let links = attach_all(
+            &mut self.ebpf,
+            CGROUP_HOOKS,
+            |ebpf, program, attach_type| {
+                // Single is the flags value 0 that bpf_link_create requires for
+                // cgroups; a link never excludes other programs on the cgroup.
+                cgroup_skb_mut(ebpf, program)?
+                    .attach(&dir, attach_type, CgroupAttachMode::Single)
                     .map_err(|source| DatapathError::CgroupAttach {
                         path: path.to_path_buf(),
                         program,
                         source: Box::new(source),
                     })
-            });
-            match result {
-                Ok(link) => links.push((program, link)),
-                Err(error) => {
-                    // Leave nothing half attached.
-                    for (program, link) in links {
-                        if let Ok(prog) = cgroup_skb_mut(&mut self.ebpf, program)
-                            && let Err(undo) = prog.detach(link)
-                        {
-                            warn!(
-                                path = %path.display(),
-                                program,
-                                error = %undo,
-                                "undoing a partial cgroup attach failed"
-                            );
-                        }
-                    }
-                    return Err(error);
-                }
-            }
-        }
-        let mut ids = links.into_iter().map(|(_, link)| link);
-        let (Some(egress), Some(ingress)) = (ids.next(), ids.next()) else {
-            unreachable!("CGROUP_HOOKS has two entries");
-        };
-        self.cgroup_attachments.insert(
-            path.to_path_buf(),
-            CgroupAttachment {
-                id,
-                links: [egress, ingress],
             },
-        );
+            |ebpf, program, link| {
+                if let Ok(prog) = cgroup_skb_mut(ebpf, program)
+                    && let Err(undo) = prog.detach(link)
+                {
+                    warn!(
+                        path = %path.display(),
+                        program,
+                        error = %undo,
+                        "undoing a partial cgroup attach failed"
+                    );
+                }
+            },
+        )?;
+        self.cgroup_attachments
+            .insert(path.to_path_buf(), CgroupAttachment { id, links });
         debug!(path = %path.display(), cgroup_id = id, "attached to cgroup");
         Ok(id)
     }
@@ -845,6 +818,34 @@ fn raise_memlock_limit() {
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, DatapathError> {
     ebpf.take_map(map).ok_or(DatapathError::MissingMap { map })
+}
+
+/// Attaches each program of `hooks` in order with `attach` and returns the
+/// links in that order. If one fails, hands the links made so far to `undo`
+/// (which detaches them and logs what it cannot) so that nothing is left
+/// half attached, and returns that failure.
+fn attach_all<H, L, const N: usize>(
+    ebpf: &mut Ebpf,
+    hooks: [(&'static str, H); N],
+    mut attach: impl FnMut(&mut Ebpf, &'static str, H) -> Result<L, DatapathError>,
+    mut undo: impl FnMut(&mut Ebpf, &'static str, L),
+) -> Result<[L; N], DatapathError> {
+    let mut links = Vec::with_capacity(N);
+    for (program, hook) in hooks {
+        match attach(ebpf, program, hook) {
+            Ok(link) => links.push((program, link)),
+            Err(error) => {
+                for (program, link) in links {
+                    undo(ebpf, program, link);
+                }
+                return Err(error);
+            }
+        }
+    }
+    let links: Vec<L> = links.into_iter().map(|(_, link)| link).collect();
+    Ok(links
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one link per hook")))
 }
 
 fn classifier_mut<'a>(
