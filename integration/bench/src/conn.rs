@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::sockopt::setsockopt;
+
 /// Accept queue length asked for; `net.core.somaxconn` of the server's
 /// namespace (the bench's own) is raised to it.
 const BACKLOG: libc::c_int = 65_535;
@@ -273,21 +275,12 @@ fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: passes a pointer to a live linger struct and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(
+        stream.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &linger,
+    )
 }
 
 fn set_timeval(fd: libc::c_int, name: libc::c_int, d: Duration) -> io::Result<()> {
@@ -295,21 +288,7 @@ fn set_timeval(fd: libc::c_int, name: libc::c_int, d: Duration) -> io::Result<()
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
     };
-    // SAFETY: passes a pointer to a live timeval and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(fd, libc::SOL_SOCKET, name, &tv)
 }
 
 #[cfg(test)]

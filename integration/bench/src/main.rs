@@ -29,6 +29,7 @@ mod proc;
 mod prom;
 mod report;
 mod rss;
+mod sockopt;
 mod topo;
 mod traffic;
 

@@ -5,7 +5,6 @@
 //! dropping a [`Flood`] stops and joins both. Every loop ends at the stop
 //! flag or at the flood's deadline, whichever comes first.
 
-use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -16,6 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::sockopt::setsockopt;
 
 /// Messages per sendmmsg / recvmmsg call.
 const BATCH: usize = 32;
@@ -270,8 +271,8 @@ fn open_receiver(ns: &std::path::Path, port: u16, ipv6: bool) -> Result<UdpSocke
     let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
     sock.set_read_timeout(Some(RECV_POLL))?;
     let fd = sock.as_raw_fd();
-    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF_BYTES).is_err() {
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF_BYTES).context("SO_RCVBUF")?;
+    if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF_BYTES).is_err() {
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF_BYTES).context("SO_RCVBUF")?;
     }
     Ok(sock)
 }
@@ -358,29 +359,6 @@ fn open_sender(cfg: &FloodConfig) -> Result<UdpSocket> {
     sock.send(b"wbench-hello")
         .map_err(|e| anyhow!("first datagram to {}: {e}", cfg.dst))?;
     Ok(sock)
-}
-
-fn setsockopt_int(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]
