@@ -294,24 +294,12 @@ fn set_timeval(fd: libc::c_int, name: libc::c_int, d: Duration) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::privileged;
     use crate::topo::{self, Pair};
-
-    /// Privileged: skips without root, fails under CI=true.
-    fn privileged() -> bool {
-        if weir_integration::is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test needs root (network namespaces) and CI=true is set"
-        );
-        eprintln!("skipping: needs root (network namespaces)");
-        false
-    }
 
     #[test]
     fn connections_churn_across_the_pair_and_leave_no_time_wait() {
-        if !privileged() {
+        if !privileged("network namespaces") {
             return;
         }
         let pair = Pair::create().expect("creating the namespace pair");

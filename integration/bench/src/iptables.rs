@@ -217,6 +217,7 @@ impl Drop for Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::privileged;
 
     #[test]
     fn restore_text_has_every_rule_in_order_then_drop_then_the_hooks() {
@@ -248,25 +249,12 @@ mod tests {
         assert!(chain_name().len() <= 28, "iptables chain names are short");
     }
 
-    /// Privileged: skips without root, fails under CI=true.
-    fn privileged() -> bool {
-        if weir_integration::is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test needs root (network namespaces, iptables) and CI=true is set"
-        );
-        eprintln!("skipping: needs root (network namespaces, iptables)");
-        false
-    }
-
     #[test]
     fn a_chain_counts_what_it_allows_drops_the_rest_and_goes_away() {
         use crate::topo::{self, Pair};
         use std::net::{SocketAddr, TcpListener};
         use std::time::Duration;
-        if !privileged() {
+        if !privileged("network namespaces, iptables") {
             return;
         }
         let pair = Pair::create().expect("creating the namespace pair");

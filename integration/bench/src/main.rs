@@ -30,6 +30,8 @@ mod prom;
 mod report;
 mod rss;
 mod sockopt;
+#[cfg(test)]
+mod test_support;
 mod topo;
 mod traffic;
 

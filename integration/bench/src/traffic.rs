@@ -364,24 +364,12 @@ fn open_sender(cfg: &FloodConfig) -> Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::privileged;
     use crate::topo::{self, Pair};
-
-    /// Privileged: skips without root, fails under CI=true.
-    fn privileged() -> bool {
-        if weir_integration::is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test needs root (network namespaces) and CI=true is set"
-        );
-        eprintln!("skipping: needs root (network namespaces)");
-        false
-    }
 
     #[test]
     fn a_paced_flood_crosses_the_pair_and_nothing_is_left() {
-        if !privileged() {
+        if !privileged("network namespaces") {
             return;
         }
         let pair = Pair::create().expect("creating the namespace pair");
