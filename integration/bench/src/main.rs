@@ -28,6 +28,7 @@ mod pps;
 mod proc;
 mod prom;
 mod report;
+mod ring;
 mod rss;
 mod sockopt;
 #[cfg(test)]

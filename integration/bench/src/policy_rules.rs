@@ -40,6 +40,7 @@ use crate::bpfstats;
 use crate::conn::{Churn, ChurnConfig};
 use crate::iptables::{self, AcceptRule, Backend};
 use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, spread};
+use crate::ring;
 use crate::topo::{self, Pair};
 
 /// Port the server listens on and the probe rule allows.
@@ -362,15 +363,6 @@ struct Window {
     chain_dropped: Option<u64>,
 }
 
-/// Aborts the ring reader task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What is installed now, and moving between modes.
 struct Endpoint<'a> {
     dp: Datapath,
@@ -515,15 +507,7 @@ pub async fn run(opts: &Options) -> Result<Vec<Report>> {
     })
     .context("loading the datapath")?;
     let events_read = Arc::new(AtomicU64::new(0));
-    let _reader = {
-        let mut reader = dp.take_events().context("taking the event reader")?;
-        let count = events_read.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            while let Ok(n) = reader.next_batch(4096, |_| {}).await {
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }))
-    };
+    let _reader = ring::drain(&mut dp, events_read.clone())?;
     let ifindex = in_netns(&pair.a, || dp.attach(topo::IF_A))?
         .with_context(|| format!("attaching to {}", topo::IF_A))?;
     let sets = counts

@@ -21,6 +21,7 @@ use weir_datapath::{Aggregation, Datapath, DatapathOptions};
 use weir_integration::netns;
 
 use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, spread};
+use crate::ring;
 use crate::topo::{self, Pair};
 use crate::traffic::{Flood, FloodConfig};
 
@@ -42,15 +43,6 @@ impl Default for Options {
             reps: 5,
             payload: 18,
         }
-    }
-}
-
-/// Aborts the ring reader task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -81,16 +73,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     })
     .context("loading the datapath")?;
     let events_read = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let mut reader = dp.take_events().context("taking the event reader")?;
-        let count = events_read.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            // Ends with an error only if the ring's fd breaks; the abort ends it otherwise.
-            while let Ok(n) = reader.next_batch(4096, |_| {}).await {
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }))
-    };
+    let reader = ring::drain(&mut dp, events_read.clone())?;
 
     let max_duration = opts.window * (2 * opts.reps as u32 + 2) + Duration::from_secs(30);
     let flood = Flood::start(&FloodConfig {
