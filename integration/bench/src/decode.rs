@@ -19,7 +19,7 @@ use weir_flows::Decoder;
 use weir_localapi::EndpointRegistration;
 use weir_state::{ClusterState, EndpointIndex, Namespace, Object, OwnerReference, Pod};
 
-use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, spread};
+use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round, spread};
 
 /// Options of the figure.
 #[derive(Clone, Debug)]
@@ -317,13 +317,13 @@ pub fn run(opts: &Options) -> Result<Report> {
         machine,
     );
     report
-        .detail("decode_ns_per_event", round2(1e9 / decode))
-        .detail("baseline_ns_per_event", round2(1e9 / base))
+        .detail("decode_ns_per_event", round(1e9 / decode, 2))
+        .detail("baseline_ns_per_event", round(1e9 / base, 2))
         .detail("endpoints", opts.endpoints)
         .detail("index_addresses", index.len() as u64)
-        .detail("index_build_ms", round2(build_ms))
-        .detail("spread_decode", round2(spread(&decode_rates)))
-        .detail("spread_baseline", round2(spread(&base_rates)))
+        .detail("index_build_ms", round(build_ms, 2))
+        .detail("spread_decode", round(spread(&decode_rates), 2))
+        .detail("spread_baseline", round(spread(&base_rates), 2))
         .detail(
             "decode_runs",
             json!(decode_rates.iter().map(|r| r.round()).collect::<Vec<_>>()),
@@ -336,14 +336,6 @@ pub fn run(opts: &Options) -> Result<Report> {
         .note("single thread; the ratio is decode rate / baseline rate, so it is below 1 and says how many times more a decoded event costs than the bare lookups")
         .note("the target (1M events/s) is on the absolute decode rate");
     Ok(report)
-}
-
-fn round2(x: f64) -> serde_json::Value {
-    if x.is_finite() {
-        json!((x * 100.0).round() / 100.0)
-    } else {
-        json!(null)
-    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use weir_integration::{Lab, LabOptions, NamespaceSpec, PodSpec, PortSpec, manife
 use crate::Binaries;
 use crate::conn::connect_once;
 use crate::prom::Page;
-use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median};
+use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round};
 use crate::topo::Namespaces;
 
 /// Options of the figures.
@@ -597,15 +597,6 @@ pub fn has_drop(lines: &[Value], ip: IpAddr, egress: bool) -> bool {
             && f["IP"][side] == ip.as_str()
             && f["l4"]["TCP"]["destination_port"] == port
     })
-}
-
-fn round(x: f64, digits: i32) -> Value {
-    if x.is_finite() {
-        let p = 10f64.powi(digits);
-        json!((x * p).round() / p)
-    } else {
-        json!(null)
-    }
 }
 
 fn medians(flips: &[Flip], policies: usize, f: impl Fn(&Flip) -> Option<f64>) -> f64 {

@@ -39,7 +39,7 @@ use weir_policy::{
 use crate::bpfstats;
 use crate::conn::{Churn, ChurnConfig};
 use crate::iptables::{self, AcceptRule, Backend};
-use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, spread};
+use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round, spread};
 use crate::ring;
 use crate::topo::{self, Pair};
 
@@ -971,15 +971,6 @@ fn paired(windows: &[Window], num: Mode, den: Mode) -> Vec<f64> {
             (b.rate > 0.0).then(|| a.rate / b.rate)
         })
         .collect()
-}
-
-fn round(x: f64, digits: i32) -> Value {
-    if x.is_finite() {
-        let p = 10f64.powi(digits);
-        json!((x * p).round() / p)
-    } else {
-        json!(null)
-    }
 }
 
 /// Attaches to (or detaches from) `wb0`, from a thread inside `a`.

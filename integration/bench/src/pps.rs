@@ -20,7 +20,7 @@ use weir_common::stat;
 use weir_datapath::{Aggregation, Datapath, DatapathOptions};
 use weir_integration::netns;
 
-use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, spread};
+use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round, spread};
 use crate::ring;
 use crate::topo::{self, Pair};
 use crate::traffic::{Flood, FloodConfig};
@@ -183,14 +183,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     report
         .detail("pps_with_programs", med_with.round())
         .detail("pps_without_programs", med_without.round())
-        .detail(
-            "program_cost_ns_per_run",
-            if cost_ns.is_finite() {
-                json!((cost_ns * 10.0).round() / 10.0)
-            } else {
-                json!(null)
-            },
-        )
+        .detail("program_cost_ns_per_run", round(cost_ns, 1))
         .detail("ratio_per_rep", json!(paired.iter().map(|r| (r * 1e4).round() / 1e4).collect::<Vec<_>>()))
         .detail("ratio_per_rep_median", round(median(&paired), 4))
         .detail("spread_with", round(spread(&with), 4))
@@ -232,15 +225,6 @@ fn pick(windows: &[Window], attached: bool, f: impl Fn(&Window) -> f64) -> Vec<f
         .filter(|w| w.attached == attached)
         .map(f)
         .collect()
-}
-
-fn round(x: f64, digits: i32) -> serde_json::Value {
-    if x.is_finite() {
-        let p = 10f64.powi(digits);
-        json!((x * p).round() / p)
-    } else {
-        json!(null)
-    }
 }
 
 fn program_packets(dp: &Datapath) -> Result<u64> {

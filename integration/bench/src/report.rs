@@ -350,6 +350,17 @@ pub fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
+/// `x` rounded to `digits` decimals for a report's details; null when `x`
+/// is not finite (JSON has no NaN or infinity).
+pub fn round(x: f64, digits: i32) -> Value {
+    if x.is_finite() {
+        let p = 10f64.powi(digits);
+        Value::from((x * p).round() / p)
+    } else {
+        Value::Null
+    }
+}
+
 /// The median (NaN for no values).
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
@@ -400,6 +411,15 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
         assert!((spread(&[90.0, 100.0, 110.0]) - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn round_keeps_the_digits_asked_for_and_writes_null_for_nan() {
+        assert_eq!(round(1.23456, 2), Value::from(1.23));
+        assert_eq!(round(62.649, 1), Value::from(62.6));
+        assert_eq!(round(0.123456, 4), Value::from(0.1235));
+        assert_eq!(round(f64::NAN, 2), Value::Null);
+        assert_eq!(round(f64::INFINITY, 2), Value::Null);
     }
 
     #[test]
