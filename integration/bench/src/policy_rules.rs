@@ -30,7 +30,6 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use weir_common::{direction, stat};
 use weir_datapath::{Aggregation, Datapath, DatapathOptions, PolicyMaps};
-use weir_integration::netns;
 use weir_policy::{
     Compiled, Compiler, Input, Labels, Lookup, MapChanges, NamespaceInput, NetworkPolicy, PodInput,
     evaluate,
@@ -41,7 +40,7 @@ use crate::conn::{Churn, ChurnConfig};
 use crate::iptables::{self, AcceptRule, Backend};
 use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round, spread};
 use crate::ring;
-use crate::topo::{self, Pair};
+use crate::topo::{self, Pair, in_netns};
 
 /// Port the server listens on and the probe rule allows.
 pub const PROBE_PORT: u16 = 9000;
@@ -1001,10 +1000,6 @@ fn set_attached(dp: &mut Datapath, pair: &Pair, attached: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    netns::run_in(ns, f).with_context(|| format!("entering {}", ns.display()))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! drained by a reader task. Owns only this measurement; everything it makes
 //! goes away with its guards.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,11 +17,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 use weir_common::stat;
 use weir_datapath::{Aggregation, Datapath, DatapathOptions};
-use weir_integration::netns;
 
 use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round, spread};
 use crate::ring;
-use crate::topo::{self, Pair};
+use crate::topo::{self, Pair, in_netns};
 use crate::traffic::{Flood, FloodConfig};
 
 /// Options of the figure.
@@ -262,8 +260,4 @@ fn set_attached(dp: &mut Datapath, pair: &Pair, attached: bool) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    netns::run_in(ns, f).with_context(|| format!("entering {}", ns.display()))
 }

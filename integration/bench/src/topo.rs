@@ -4,7 +4,7 @@
 //! removes what a killed run left behind. Never touches the machine's own
 //! network namespace or its interfaces.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -63,6 +63,11 @@ pub fn sweep_stale() -> Vec<String> {
         }
     }
     removed
+}
+
+/// Runs `f` on a thread inside namespace `ns`; an error names the namespace.
+pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    netns::run_in(ns, f).with_context(|| format!("entering {}", ns.display()))
 }
 
 /// Runs `ip ARGS`; an error carries its stderr.
