@@ -23,7 +23,7 @@ use weir_policy::{
 };
 
 use crate::proc;
-use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median};
+use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round2};
 
 /// The hidden subcommand that runs one case.
 pub const WORKER_COMMAND: &str = "__policy-compile-worker";
@@ -477,10 +477,6 @@ fn report(
         ));
     }
     rep
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 pub fn run(opts: &Options) -> Result<Vec<Report>> {

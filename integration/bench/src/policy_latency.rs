@@ -43,7 +43,7 @@ use weir_integration::{Lab, LabOptions, NamespaceSpec, PodSpec, PortSpec, manife
 use crate::Binaries;
 use crate::conn::connect_once;
 use crate::prom::Page;
-use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round};
+use crate::report::{Machine, Op, Quantity, Report, Subject, Target, median, round, round2};
 use crate::topo::Namespaces;
 
 /// Options of the figures.
@@ -910,10 +910,6 @@ fn pod_start_report(
         ));
     }
     r
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]

@@ -342,6 +342,10 @@ fn fmt_ratio(x: f64) -> String {
     }
 }
 
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
 pub fn round3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
 }
