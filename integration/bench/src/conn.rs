@@ -18,8 +18,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
+use crate::ready;
 use crate::sockopt::setsockopt;
 
 /// Accept queue length asked for; `net.core.somaxconn` of the server's
@@ -105,7 +106,7 @@ impl Churn {
                     .context("spawning the server thread")?,
             );
         }
-        wait_ready(&ready_rx, "server")?;
+        ready::wait(&ready_rx, "connection churn server")?;
         for _ in 0..cfg.clients.max(1) {
             let cfg = cfg.clone();
             let (stop, counters, ready) =
@@ -116,7 +117,7 @@ impl Churn {
                     .spawn(move || client(&cfg, &stop, &counters, deadline, &ready))
                     .context("spawning a client thread")?,
             );
-            wait_ready(&ready_rx, "client")?;
+            ready::wait(&ready_rx, "connection churn client")?;
         }
         Ok(churn)
     }
@@ -162,14 +163,6 @@ impl Drop for Churn {
     }
 }
 
-fn wait_ready(rx: &mpsc::Receiver<Result<(), String>>, what: &str) -> Result<()> {
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("connection churn {what}: {e}"),
-        Err(_) => bail!("connection churn {what}: not ready after 10 s"),
-    }
-}
-
 fn server(
     ns: &std::path::Path,
     port: u16,
@@ -178,15 +171,8 @@ fn server(
     deadline: Instant,
     ready: &mpsc::Sender<Result<(), String>>,
 ) {
-    let listener = match listen_in(ns, port) {
-        Ok(l) => {
-            let _ = ready.send(Ok(()));
-            l
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("{e:#}")));
-            return;
-        }
+    let Some(listener) = ready::report(listen_in(ns, port), ready) else {
+        return;
     };
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         // Accepted and reset at once. A plain close would send a FIN when

@@ -27,6 +27,7 @@ mod policy_rules;
 mod pps;
 mod proc;
 mod prom;
+mod ready;
 mod report;
 mod ring;
 mod rss;

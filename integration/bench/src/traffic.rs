@@ -14,8 +14,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 
+use crate::ready;
 use crate::sockopt::setsockopt;
 
 /// Messages per sendmmsg / recvmmsg call.
@@ -122,7 +123,7 @@ impl Flood {
                     .context("spawning the receiver thread")?,
             );
         }
-        wait_ready(&ready_rx, "receiver")?;
+        ready::wait(&ready_rx, "flood receiver")?;
         let senders = cfg.senders.max(1);
         for _ in 0..senders {
             let mut cfg = cfg.clone();
@@ -135,7 +136,7 @@ impl Flood {
                     .spawn(move || sender(&cfg, &stop, &counters, deadline, &ready))
                     .context("spawning a sender thread")?,
             );
-            wait_ready(&ready_rx, "sender")?;
+            ready::wait(&ready_rx, "flood sender")?;
         }
         Ok(flood)
     }
@@ -190,14 +191,6 @@ impl Drop for Flood {
     }
 }
 
-fn wait_ready(rx: &mpsc::Receiver<Result<(), String>>, what: &str) -> Result<()> {
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("flood {what}: {e}"),
-        Err(_) => bail!("flood {what}: not ready after 10 s"),
-    }
-}
-
 #[allow(
     clippy::too_many_arguments,
     reason = "a thread body; its arguments are the flood's shared parts"
@@ -212,15 +205,8 @@ fn receiver(
     deadline: Instant,
     ready: &mpsc::Sender<Result<(), String>>,
 ) {
-    let sock = match open_receiver(ns, port, ipv6) {
-        Ok(s) => {
-            let _ = ready.send(Ok(()));
-            s
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("{e:#}")));
-            return;
-        }
+    let Some(sock) = ready::report(open_receiver(ns, port, ipv6), ready) else {
+        return;
     };
     if !read {
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -284,15 +270,8 @@ fn sender(
     deadline: Instant,
     ready: &mpsc::Sender<Result<(), String>>,
 ) {
-    let sock = match open_sender(cfg) {
-        Ok(s) => {
-            let _ = ready.send(Ok(()));
-            s
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("{e:#}")));
-            return;
-        }
+    let Some(sock) = ready::report(open_sender(cfg), ready) else {
+        return;
     };
     let mut payload = vec![0u8; cfg.payload.max(1)];
     let tag = &b"wbench"[..payload.len().min(6)];
