@@ -105,11 +105,17 @@ pub const ADDR_A: &str = "10.201.0.1";
 pub const ADDR_B: &str = "10.201.0.2";
 
 impl Pair {
+    /// The first pair of a process is `wbench-<pid>-a|b`; pairs made while
+    /// it exists (the crate's tests run in parallel) get `a2|b2`, `a3|b3`...
     pub fn create() -> Result<Pair> {
+        static PAIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let suffix = if n == 1 { String::new() } else { n.to_string() };
+        let (role_a, role_b) = (format!("a{suffix}"), format!("b{suffix}"));
         let mut namespaces = Namespaces::default();
-        let a = namespaces.create("a")?;
-        let b = namespaces.create("b")?;
-        let (na, nb) = (namespaces.name("a"), namespaces.name("b"));
+        let a = namespaces.create(&role_a)?;
+        let b = namespaces.create(&role_b)?;
+        let (na, nb) = (namespaces.name(&role_a), namespaces.name(&role_b));
         ip(&[
             "-n", &na, "link", "add", IF_A, "type", "veth", "peer", "name", IF_B, "netns", &nb,
         ])?;
