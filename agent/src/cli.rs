@@ -41,7 +41,7 @@ enum Command {
     Observe(Box<crate::observe::ObserveArgs>),
     /// Ask the NetworkPolicy compiler: why a connection is allowed or denied
     /// (explain), which recorded flows a change would turn around (what-if).
-    Policy(crate::policy_cli::PolicyArgs),
+    Policy(Box<crate::policy_cli::PolicyArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -163,7 +163,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Flows(args) => flows(args),
         Command::Observe(args) => crate::observe::run(*args),
-        Command::Policy(args) => crate::policy_cli::run(args),
+        Command::Policy(args) => crate::policy_cli::run(*args),
     }
 }
 

@@ -214,6 +214,17 @@ pub struct ObserveOpts {
         help_heading = "Server"
     )]
     pub timeout: String,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// The agent's local API socket, asked why the flow API is unreachable.
+    #[arg(long, env = "WEIR_SOCKET", default_value = weir_localapi::DEFAULT_SOCKET, help_heading = "Server")]
+    pub socket: PathBuf,
+}
+
+/// How to reach a flow API over TLS and with a bearer token: the flags
+/// `weir observe` and `weir policy what-if --server` share.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServerTlsArgs {
     /// Use TLS (implied by a tls:// server).
     #[arg(long, help_heading = "Server")]
     pub tls: bool,
@@ -245,9 +256,33 @@ pub struct ObserveOpts {
         help_heading = "Server"
     )]
     pub token_file: Option<PathBuf>,
-    /// The agent's local API socket, asked why the flow API is unreachable.
-    #[arg(long, env = "WEIR_SOCKET", default_value = weir_localapi::DEFAULT_SOCKET, help_heading = "Server")]
-    pub socket: PathBuf,
+}
+
+impl ServerTlsArgs {
+    /// The client's TLS settings (without the token, read at run time from
+    /// [`Self::token_file`] by [`Self::client_tls_with_token`]).
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            enabled: self.tls
+                || self.tls_client_cert_file.is_some()
+                || self.tls_client_key_file.is_some(),
+            ca_files: self.tls_ca_cert_files.clone(),
+            client_cert: self.tls_client_cert_file.clone(),
+            client_key: self.tls_client_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+            allow_insecure: self.tls_allow_insecure,
+            token: None,
+        }
+    }
+
+    /// [`Self::client_tls`] with the token of `--token-file` read now.
+    pub fn client_tls_with_token(&self) -> Result<ClientTls, ObserveError> {
+        let mut tls = self.client_tls();
+        if let Some(path) = &self.token_file {
+            tls.token = Some(read_token(path)?);
+        }
+        Ok(tls)
+    }
 }
 
 /// One filter flag as given, in command-line order (`--not` included).
@@ -1468,15 +1503,7 @@ pub fn plan(args: &ObserveArgs, server: String, now: SystemTime) -> Result<Plan,
             ));
         }
     };
-    let tls = ClientTls {
-        enabled: o.tls || o.tls_client_cert_file.is_some() || o.tls_client_key_file.is_some(),
-        ca_files: o.tls_ca_cert_files.clone(),
-        client_cert: o.tls_client_cert_file.clone(),
-        client_key: o.tls_client_key_file.clone(),
-        server_name: o.tls_server_name.clone(),
-        allow_insecure: o.tls_allow_insecure,
-        token: None,
-    };
+    let tls = o.tls.client_tls();
     let color = match o.color.as_str() {
         "always" => ColorMode::Always,
         "never" => ColorMode::Never,
@@ -1496,7 +1523,7 @@ pub fn plan(args: &ObserveArgs, server: String, now: SystemTime) -> Result<Plan,
         color,
         server,
         tls,
-        token_file: o.token_file.clone(),
+        token_file: o.tls.token_file.clone(),
         dial_timeout,
         local_socket: o.socket.clone(),
     })

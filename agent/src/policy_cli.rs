@@ -225,9 +225,13 @@ struct WhatIfArgs {
     #[arg(long, value_name = "FLOWLOG", conflicts_with = "server")]
     flows: Option<PathBuf>,
     /// Replay the flows in the flow API's ring (default
-    /// unix:///var/run/weir/hubble.sock, or WEIR_SERVER / HUBBLE_SERVER).
+    /// unix:///var/run/weir/hubble.sock, or WEIR_SERVER / HUBBLE_SERVER);
+    /// host:port or tls://host:port for a TCP listener, with the TLS and
+    /// token flags below as `weir observe` takes them.
     #[arg(long, value_name = "ADDR")]
     server: Option<String>,
+    #[command(flatten)]
+    tls: crate::observe::ServerTlsArgs,
     /// Also remove this policy (repeatable).
     #[arg(long, value_name = "NS/NAME")]
     delete: Vec<String>,
@@ -306,7 +310,11 @@ async fn run_what_if(a: WhatIfArgs) -> Result<ExitCode, PolicyCliError> {
                     .ok()
                     .or_else(|| std::env::var("HUBBLE_SERVER").ok()),
             );
-            let tally = fetch_flows(&server, &a.model.socket).await?;
+            let tls = a
+                .tls
+                .client_tls_with_token()
+                .map_err(|e| usage(e.to_string()))?;
+            let tally = fetch_flows(&server, tls, &a.model.socket).await?;
             let (f, s) = tally.finish();
             (f, s, format!("the flow API at {server}"))
         }
@@ -1451,13 +1459,18 @@ pub fn read_flow_log(path: &Path) -> Result<FlowTally, PolicyCliError> {
 }
 
 /// Reads every flow in the flow API's ring (oldest first).
-pub async fn fetch_flows(server: &str, local_socket: &Path) -> Result<FlowTally, PolicyCliError> {
+pub async fn fetch_flows(
+    server: &str,
+    tls: weir_api_net::ClientTls,
+    local_socket: &Path,
+) -> Result<FlowTally, PolicyCliError> {
     use weir_api::proto::observer::get_flows_response::ResponseTypes;
     use weir_api::proto::observer::observer_client::ObserverClient;
-    use weir_api_net::{Address, ClientTarget, ClientTls, ConnectFailure, NetError};
+    use weir_api_net::{Address, ClientTarget, ConnectFailure, NetError};
 
-    let target = ClientTarget::parse(server, ClientTls::default())
-        .map_err(|e| usage(format!("invalid --server: {e}")))?;
+    let has_token = tls.token.is_some();
+    let target =
+        ClientTarget::parse(server, tls).map_err(|e| usage(format!("invalid --server: {e}")))?;
     let channel = match tokio::time::timeout(CALL_TIMEOUT, weir_api_net::connect(&target)).await {
         Err(_) => {
             return Err(PolicyCliError::FlowApi(format!(
@@ -1495,6 +1508,15 @@ pub async fn fetch_flows(server: &str, local_socket: &Path) -> Result<FlowTally,
     let rpc_err = |s: tonic::Status| {
         PolicyCliError::FlowApi(match weir_api_net::connection_error(&target, &s) {
             Some(e) => e.to_string(),
+            None if s.code() == tonic::Code::Unauthenticated => format!(
+                "the flow API at {target} refused the request (UNAUTHENTICATED: {}): {}",
+                s.message(),
+                if has_token {
+                    "the bearer token was not accepted; check --token-file"
+                } else {
+                    "it needs a bearer token: pass --token-file"
+                }
+            ),
             None => format!("GetFlows at {target} failed: {}", s.message()),
         })
     };

@@ -401,6 +401,52 @@ async fn tls_listener_refuses_whoever_it_should_and_counts_it() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!observed(&o).is_empty(), "{}", text(&o));
 
+    // `weir policy what-if --server` takes the same flags: it replays the
+    // ring's flows through the TLS listener (a change isolating y/b turns
+    // x/a -> y/b:80 around), and without the token it is refused by name.
+    let change = d.join("isolate-b.yaml");
+    std::fs::write(
+        &change,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: y, name: isolate-b}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n",
+    )
+    .unwrap();
+    let change = change.display().to_string();
+    let what_if = |extra: &[&str]| {
+        let mut args = vec![
+            "policy", "what-if", &change, "--server", &addr, "--socket", &sock, "-o", "json",
+        ];
+        args.extend_from_slice(extra);
+        weir(&args)
+    };
+    let o = what_if(&good);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(
+        report["flows_from"],
+        format!("the flow API at {addr}"),
+        "{report}"
+    );
+    let turned: Vec<(&str, &str, &str)> = report["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["flow"]["source_pod"].as_str().unwrap_or("-"),
+                c["flow"]["destination_pod"].as_str().unwrap_or("-"),
+                c["after"]["verdict"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert!(turned.contains(&("x/a", "y/b", "DENIED")), "{report}");
+    let before_missing = refused("missing_token");
+    let o = what_if(&good[..7]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--token-file"), "{}", text(&o));
+    assert_eq!(refused("missing_token"), before_missing + 1.0);
+    before.insert("missing_token", refused("missing_token"));
+
     // No client certificate.
     let o = observe(&["--tls", "--tls-ca-cert-files", &ca, "--token-file", &tok]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
