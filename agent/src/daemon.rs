@@ -52,6 +52,8 @@ pub struct Shared {
     policy: Mutex<crate::policy::PolicyController>,
     /// Attribution ids -> policies, for the decoder.
     attribution: Arc<weir_flows::Attribution>,
+    /// Every registered endpoint, for the next start (see `crate::restore`).
+    endpoints_file: crate::restore::EndpointsFile,
 }
 
 impl Shared {
@@ -140,6 +142,7 @@ impl Shared {
             Ok(_) => {
                 info!(endpoint = ep.id, pod = %format!("{}/{}", ep.registration.namespace, ep.registration.pod), ifname = %host_ifname, "endpoint attached");
                 self.update_endpoint_gauge();
+                self.persist_endpoints();
                 Ok(Endpoint {
                     attached: true,
                     ..ep
@@ -200,8 +203,59 @@ impl Shared {
         }
         self.rebuild_index();
         self.update_endpoint_gauge();
+        self.persist_endpoints();
         info!(endpoint = ep.id, container_id, ifname, "endpoint removed");
         true
+    }
+
+    /// Rewrites the endpoints file from the model. Called with the
+    /// lifecycle lock held, so writes follow the changes in order.
+    fn persist_endpoints(&self) {
+        let regs: Vec<EndpointRegistration> = self
+            .state
+            .lock()
+            .expect("state lock")
+            .endpoints()
+            .map(|ep| ep.registration())
+            .collect();
+        if let Err(e) = self.endpoints_file.save(&regs) {
+            self.metrics.endpoints_file_errors.inc();
+            warn!(error = %e, "endpoints not saved: an agent restart will not re-attach the pods changed since");
+        }
+    }
+
+    /// Re-registers (and re-attaches) the endpoints the previous agent
+    /// saved whose host interface still exists; forgets the others (their
+    /// pod went while no agent ran). Before the local API serves, so a CNI
+    /// call never races it.
+    fn restore_endpoints(&self) {
+        let saved = match self.endpoints_file.load() {
+            Ok(saved) => saved,
+            Err(e) => {
+                self.metrics.endpoints_file_errors.inc();
+                warn!(error = %e, "endpoints not restored: pods networked before this start stay unattached until their next CNI ADD");
+                return;
+            }
+        };
+        if saved.is_empty() {
+            return;
+        }
+        let (mut restored, mut gone) = (0u64, 0u64);
+        for reg in saved {
+            let pod = format!("{}/{}", reg.namespace, reg.pod);
+            let ifname = reg.host_ifname.clone();
+            match self.register_endpoint(reg) {
+                Ok(_) => restored += 1,
+                Err(e) => {
+                    gone += 1;
+                    info!(%pod, %ifname, error = %e, "saved endpoint not restored");
+                }
+            }
+        }
+        self.metrics.endpoints_restored.inc_by(restored);
+        let _lifecycle = self.lifecycle.lock().expect("lifecycle lock");
+        self.persist_endpoints();
+        info!(restored, gone, file = %self.endpoints_file.path().display(), "endpoints restored");
     }
 
     /// Publishes a new enrichment index and brings the policy maps in step
@@ -520,6 +574,7 @@ async fn run_async(
                     .or_else(|| weir_datapath::cgroup::cgroup2_mount().ok()),
             )),
             attribution,
+            endpoints_file: crate::restore::EndpointsFile::beside(&c.socket),
         }
     });
 
@@ -536,11 +591,21 @@ async fn run_async(
         ));
     }
 
-    // Desired state first, so the first flows are already enriched.
+    // Desired state first, so the first flows are already enriched and
+    // restored endpoints are policed from their first packet.
     if let Some(dir) = c.manifests.clone() {
         let watch = weir_state::manifests::ManifestSource::watch(&dir)
             .with_context(|| format!("option manifests: watching {}", dir.display()))?;
-        tasks.spawn(follow_manifests(watch, shared.clone(), shutdown_rx.clone()));
+        let first = watch.latest();
+        let s = shared.clone();
+        let snap = first.clone();
+        tokio::task::spawn_blocking(move || apply_manifests(&s, &snap)).await?;
+        tasks.spawn(follow_manifests(
+            watch,
+            first.generation,
+            shared.clone(),
+            shutdown_rx.clone(),
+        ));
     }
 
     tasks.spawn(read_events(reader, shared.clone(), shutdown_rx.clone()));
@@ -620,6 +685,9 @@ async fn run_async(
         tasks.spawn(run_exporters(path, shared.clone(), shutdown_rx.clone()));
     }
 
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || s.restore_endpoints()).await?;
+
     let listener = crate::server::bind(&c.socket).await?;
     let app = crate::server::router(shared.clone());
     let mut stop = shutdown_rx.clone();
@@ -655,6 +723,18 @@ async fn run_async(
         tasks.abort_all();
     }
     let _ = std::fs::remove_file(&c.socket);
+    // With endpoints left, the file is what the next start re-attaches;
+    // without, it would only be a leftover.
+    if shared
+        .state
+        .lock()
+        .expect("state lock")
+        .endpoints()
+        .next()
+        .is_none()
+    {
+        let _ = std::fs::remove_file(shared.endpoints_file.path());
+    }
     // Dropping the datapath detaches every program (the links are owned here).
     info!("agent stopped");
     result
@@ -825,8 +905,35 @@ async fn run_exporters(
     }
 }
 
+/// Puts a manifests snapshot in force: the model, the index, the policy maps.
+fn apply_manifests(shared: &Shared, snap: &weir_state::manifests::Snapshot) {
+    let mut invalid_policies = 0;
+    for e in &snap.errors {
+        warn!(error = %e, "manifest refused; other objects stay in force");
+        if let weir_state::manifests::ManifestError::Invalid { object, .. } = e
+            && object.starts_with("NetworkPolicy ")
+        {
+            invalid_policies += 1;
+        }
+    }
+    shared.metrics.policy_invalid.set(invalid_policies);
+    shared
+        .state
+        .lock()
+        .expect("state lock")
+        .set_manifests(snap.objects.iter().cloned());
+    shared.rebuild_index();
+    debug!(
+        objects = snap.objects.len(),
+        errors = snap.errors.len(),
+        "manifests applied"
+    );
+}
+
+/// Applies each new manifests snapshot after the first (`applied`).
 async fn follow_manifests(
     watch: weir_state::manifests::ManifestWatch,
+    applied: u64,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -835,32 +942,12 @@ async fn follow_manifests(
     // objects do, so it is copied on a timer as well.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_generation = None;
+    let mut seen_generation = applied;
     loop {
         let snap = rx.borrow_and_update().clone();
-        if seen_generation != Some(snap.generation) {
-            seen_generation = Some(snap.generation);
-            let mut invalid_policies = 0;
-            for e in &snap.errors {
-                warn!(error = %e, "manifest refused; other objects stay in force");
-                if let weir_state::manifests::ManifestError::Invalid { object, .. } = e
-                    && object.starts_with("NetworkPolicy ")
-                {
-                    invalid_policies += 1;
-                }
-            }
-            shared.metrics.policy_invalid.set(invalid_policies);
-            shared
-                .state
-                .lock()
-                .expect("state lock")
-                .set_manifests(snap.objects.iter().cloned());
-            shared.rebuild_index();
-            debug!(
-                objects = snap.objects.len(),
-                errors = snap.errors.len(),
-                "manifests applied"
-            );
+        if seen_generation != snap.generation {
+            seen_generation = snap.generation;
+            apply_manifests(&shared, &snap);
         }
         observe_sync(&shared.metrics, &watch.status());
         tokio::select! {

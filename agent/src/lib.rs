@@ -13,4 +13,5 @@ pub mod netns;
 pub mod observe;
 pub mod policy;
 pub mod policy_cli;
+pub mod restore;
 pub mod server;

@@ -141,10 +141,16 @@ impl Agent {
         if !cfg.weir_bin.is_file() {
             return Err(AgentError::Missing(cfg.weir_bin.clone()));
         }
-        let log = fs::File::create(&cfg.log_file).map_err(|source| AgentError::Log {
-            path: cfg.log_file.clone(),
-            source,
-        })?;
+        // Appended to: a restarted agent (`Lab::restart_agent`) keeps the
+        // first one's log above its own.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.log_file)
+            .map_err(|source| AgentError::Log {
+                path: cfg.log_file.clone(),
+                source,
+            })?;
         let mut cmd = Command::new(&cfg.weir_bin);
         cmd.args(cfg.args())
             .stdin(Stdio::null())

@@ -326,6 +326,8 @@ pub struct Lab {
     socket: PathBuf,
     flow_log: Option<PathBuf>,
     agent: Option<Agent>,
+    /// How the agent was started, for [`Lab::restart_agent`].
+    agent_cfg: Option<AgentConfig>,
     client: Client,
     metrics_addr: Option<SocketAddr>,
     namespaces: BTreeMap<String, NamespaceSpec>,
@@ -454,6 +456,7 @@ impl Lab {
             socket: socket.clone(),
             flow_log,
             agent: None,
+            agent_cfg: None,
             metrics_addr: None,
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
@@ -520,15 +523,51 @@ impl Lab {
             stdout: lab.options.agent_stdout,
             extra_args: lab.options.agent_args.clone(),
         };
-        let agent = Agent::spawn(&cfg)?;
-        if let Some(p) = ProcessRef::of(agent.pid() as i32, "agent") {
-            lab.ctx.record_process(p)?;
-        }
-        let agent = lab.agent.insert(agent);
-        let status = agent.wait_ready(lab.options.agent_ready_timeout).await?;
-        lab.metrics_addr = status.metrics_addr.parse().ok();
+        lab.agent_cfg = Some(cfg);
+        lab.start_agent().await?;
         tracing::info!(run_id = %lab.run_id, dir = %dir.display(), "lab ready");
         Ok(lab)
+    }
+
+    /// Starts the agent (again, after [`Lab::stop_agent`]) and waits until
+    /// it is ready.
+    pub async fn start_agent(&mut self) -> Result<(), LabError> {
+        let cfg = self
+            .agent_cfg
+            .as_ref()
+            .expect("the agent's configuration is set at start");
+        let agent = Agent::spawn(cfg)?;
+        if let Some(p) = ProcessRef::of(agent.pid() as i32, "agent") {
+            self.ctx.record_process(p)?;
+        }
+        let agent = self.agent.insert(agent);
+        let status = agent.wait_ready(self.options.agent_ready_timeout).await?;
+        self.metrics_addr = status.metrics_addr.parse().ok();
+        Ok(())
+    }
+
+    /// Restarts the agent as a node's service manager does: stops it
+    /// ([`Lab::stop_agent`]) and starts it again with the same options, its
+    /// log appended to the same file; returns when the new agent is ready.
+    /// Pods and their interfaces stay as they are.
+    pub async fn restart_agent(&mut self) -> Result<(), LabError> {
+        self.stop_agent().await?;
+        self.start_agent().await
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after the stop timeout); the
+    /// pods stay. [`Lab::start_agent`] starts it again.
+    pub async fn stop_agent(&mut self) -> Result<(), LabError> {
+        if let Some(mut old) = self.agent.take() {
+            let grace = self.options.agent_stop_timeout;
+            tokio::task::spawn_blocking(move || old.stop(grace))
+                .await
+                .map_err(|e| LabError::Io {
+                    what: "stopping the agent".into(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+        }
+        Ok(())
     }
 
     /// This run's id (in every name the lab makes).

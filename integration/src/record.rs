@@ -306,6 +306,11 @@ pub fn remove_run(rec: &RunRecord, report: &mut CleanupReport) {
         if is_socket {
             remove_path(socket, report);
         }
+        // The agent's endpoints file beside its socket (a killed agent
+        // leaves it; a stopped one removes it when no pod is left).
+        if let Some(dir) = socket.parent() {
+            remove_path(&dir.join("endpoints.json"), report);
+        }
     }
     for dir in &rec.created_dirs {
         remove_dir_if_empty(dir);

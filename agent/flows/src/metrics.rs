@@ -161,6 +161,10 @@ pub struct Metrics {
 
     /// weir_endpoints
     pub endpoints: IntGauge,
+    /// weir_endpoints_restored_total
+    pub endpoints_restored: IntCounter,
+    /// weir_endpoints_file_errors_total
+    pub endpoints_file_errors: IntCounter,
     /// weir_policy_audited_total
     pub policy_audited: CumulativeCounter,
     /// weir_policy_lookups_total
@@ -580,6 +584,24 @@ impl Metrics {
                 "weir_endpoints",
                 "Local endpoints (pods) managed by this agent.",
             )?,
+            endpoints_restored: {
+                let name = "weir_endpoints_restored_total";
+                let c = IntCounter::new(
+                    name,
+                    "Endpoints re-attached at start from the endpoints file (pods networked before an agent restart).",
+                )
+                .map_err(|source| MetricsError::Register { name, source })?;
+                register(r, name, c)?
+            },
+            endpoints_file_errors: {
+                let name = "weir_endpoints_file_errors_total";
+                let c = IntCounter::new(
+                    name,
+                    "Failed reads or writes of the endpoints file (an agent restart may then not re-attach every pod).",
+                )
+                .map_err(|source| MetricsError::Register { name, source })?;
+                register(r, name, c)?
+            },
             state_objects: gauge_vec(
                 r,
                 "weir_state_objects",
