@@ -2,18 +2,20 @@
 //! problem names the exact field (`spec.ingress[0].from[1].ipBlock.cidr`).
 //!
 //! Unknown fields are never looked at, which is how they end up ignored
-//! (see [`crate::spec`] for why that is the chosen behaviour).
+//! (see [`crate::spec`] for why that is the chosen behaviour). Public for
+//! weir-state's manifests parser, which walks the other kinds the same way.
 
 use serde_json::{Map, Value};
 
 /// A problem at one field, before the object it belongs to is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FieldError {
+pub struct FieldError {
+    /// Dotted path, e.g. `spec.ingress[0].ports[1].port`.
     pub field: String,
     pub problem: String,
 }
 
-pub(crate) fn err(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
+pub fn err(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         problem: problem.into(),
@@ -21,7 +23,7 @@ pub(crate) fn err(field: impl Into<String>, problem: impl Into<String>) -> Field
 }
 
 /// How a value shows up in "expected X, found Y".
-pub(crate) fn describe(v: &Value) -> String {
+pub fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),
@@ -32,7 +34,7 @@ pub(crate) fn describe(v: &Value) -> String {
     }
 }
 
-pub(crate) fn join(base: &str, key: &str) -> String {
+pub fn join(base: &str, key: &str) -> String {
     if base.is_empty() {
         key.to_owned()
     } else {
@@ -41,16 +43,16 @@ pub(crate) fn join(base: &str, key: &str) -> String {
 }
 
 /// A field that may be absent; explicit `null` counts as absent, as in Kubernetes.
-pub(crate) fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
-pub(crate) fn map<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, FieldError> {
+pub fn map<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, FieldError> {
     v.as_object()
         .ok_or_else(|| err(path, format!("expected a mapping, found {}", describe(v))))
 }
 
-pub(crate) fn opt_map<'a>(
+pub fn opt_map<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
     base: &str,
@@ -60,7 +62,7 @@ pub(crate) fn opt_map<'a>(
         .transpose()
 }
 
-pub(crate) fn opt_str<'a>(
+pub fn opt_str<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
     base: &str,
@@ -75,7 +77,7 @@ pub(crate) fn opt_str<'a>(
     }
 }
 
-pub(crate) fn req_str<'a>(
+pub fn req_str<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
     base: &str,
@@ -86,7 +88,22 @@ pub(crate) fn req_str<'a>(
     }
 }
 
-pub(crate) fn opt_list<'a>(
+pub fn opt_bool(
+    obj: &Map<String, Value>,
+    key: &str,
+    base: &str,
+) -> Result<Option<bool>, FieldError> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(err(
+            join(base, key),
+            format!("expected a boolean, found {}", describe(v)),
+        )),
+    }
+}
+
+pub fn opt_list<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
     base: &str,
@@ -102,11 +119,7 @@ pub(crate) fn opt_list<'a>(
 }
 
 /// An integer field (no fraction, no string form).
-pub(crate) fn opt_int(
-    obj: &Map<String, Value>,
-    key: &str,
-    base: &str,
-) -> Result<Option<i64>, FieldError> {
+pub fn opt_int(obj: &Map<String, Value>, key: &str, base: &str) -> Result<Option<i64>, FieldError> {
     match field(obj, key) {
         None => Ok(None),
         Some(v @ Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {

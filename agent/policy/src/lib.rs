@@ -32,10 +32,10 @@ mod compile;
 mod compiled;
 mod evaluate;
 mod explain;
-mod fields;
 mod ports;
 
 pub mod cidr;
+pub mod fields;
 pub mod input;
 pub mod names;
 pub mod selector;

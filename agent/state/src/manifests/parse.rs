@@ -14,6 +14,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use weir_policy::fields::{
+    FieldError, describe, err, field, join, map, opt_bool, opt_list, opt_map, opt_str, req_str,
+};
+
 use super::validate;
 use super::{ManifestError, Position};
 use crate::model::{
@@ -30,107 +34,6 @@ pub(super) struct DocOutput {
     pub errors: Vec<ManifestError>,
     /// `apiVersion kind` of objects skipped because the kind is not handled.
     pub skipped: Vec<String>,
-}
-
-/// A problem at one field; becomes a [`ManifestError::Invalid`].
-struct FieldError {
-    field: String,
-    problem: String,
-}
-
-fn err(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        problem: problem.into(),
-    }
-}
-
-/// How a value shows up in "expected X, found Y".
-pub(super) fn describe(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {s:?}"),
-        Value::Array(_) => "a list".into(),
-        Value::Object(_) => "a mapping".into(),
-    }
-}
-
-fn join(base: &str, key: &str) -> String {
-    if base.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{base}.{key}")
-    }
-}
-
-/// A field that may be absent; explicit `null` counts as absent, as in Kubernetes.
-fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
-}
-
-fn map<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, FieldError> {
-    v.as_object()
-        .ok_or_else(|| err(path, format!("expected a mapping, found {}", describe(v))))
-}
-
-fn opt_map<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    base: &str,
-) -> Result<Option<&'a Map<String, Value>>, FieldError> {
-    field(obj, key)
-        .map(|v| map(v, &join(base, key)))
-        .transpose()
-}
-
-fn opt_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    base: &str,
-) -> Result<Option<&'a str>, FieldError> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(err(
-            join(base, key),
-            format!("expected a string, found {}", describe(v)),
-        )),
-    }
-}
-
-fn req_str<'a>(obj: &'a Map<String, Value>, key: &str, base: &str) -> Result<&'a str, FieldError> {
-    match opt_str(obj, key, base)? {
-        Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(err(join(base, key), "required value")),
-    }
-}
-
-fn opt_bool(obj: &Map<String, Value>, key: &str, base: &str) -> Result<Option<bool>, FieldError> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(err(
-            join(base, key),
-            format!("expected a boolean, found {}", describe(v)),
-        )),
-    }
-}
-
-fn opt_list<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    base: &str,
-) -> Result<&'a [Value], FieldError> {
-    match field(obj, key) {
-        None => Ok(&[]),
-        Some(Value::Array(a)) => Ok(a),
-        Some(v) => Err(err(
-            join(base, key),
-            format!("expected a list, found {}", describe(v)),
-        )),
-    }
 }
 
 /// `metadata.labels` / `metadata.annotations`: string -> string, keys are
