@@ -238,17 +238,7 @@ async fn killed_run_is_removed_by_the_next_lab() {
          steps:\n  - apply: [{apiVersion: v1, kind: ConfigMap, metadata: {name: c, namespace: x}}]\n",
     )
     .unwrap();
-    let mut child = Command::new(common::weir_lab_bin())
-        .arg("run")
-        .arg(&scenario)
-        .arg("--weir")
-        .arg(&options.weir_bin)
-        .arg("--cni")
-        .arg(&options.cni_bin)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_weir_lab_run(&scenario, &options);
     let pid = child.id() as i32;
     // Find its run and wait until both pods exist.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -67,6 +67,24 @@ pub fn weir_lab_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir-lab"))
 }
 
+/// `weir-lab run SCENARIO` with the lab's agent and plugin, in the
+/// background and with its output discarded: for the crash-safety tests
+/// that kill it mid-run.
+pub fn spawn_weir_lab_run(scenario: &std::path::Path, options: &LabOptions) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(weir_lab_bin())
+        .arg("run")
+        .arg(scenario)
+        .arg("--weir")
+        .arg(&options.weir_bin)
+        .arg("--cni")
+        .arg(&options.cni_bin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir-lab run starts")
+}
+
 /// Named namespaces of run `run_id`.
 pub fn netns_of_run(run_id: &str) -> Vec<String> {
     weir_integration::netns::list(&format!("weirlab-{run_id}-"))
