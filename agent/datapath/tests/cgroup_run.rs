@@ -15,7 +15,7 @@ use std::net::{TcpListener, UdpSocket};
 
 use common::*;
 use weir_common::{
-    CGROUP_ENDPOINT_BIT, CgroupEndpoint, EndpointPolicy, FlowEvent, IpKey, PolicyKey, PolicyValue,
+    CGROUP_ENDPOINT_BIT, CgroupEndpoint, EndpointPolicy, FlowEvent, PolicyKey, PolicyValue,
     direction, drop_reason, emit, ep_flag, family, flag, identity, obs, policy_prefix, stat, tcp,
     verdict,
 };
@@ -36,14 +36,6 @@ struct H {
     /// A veth in `ns`: the skb's device for packets that are not loopback.
     dev: u32,
     own_cgroup: u64,
-}
-
-fn mapped(a: [u8; 4]) -> IpKey {
-    let mut addr = [0u8; 16];
-    addr[10] = 0xff;
-    addr[11] = 0xff;
-    addr[12..].copy_from_slice(&a);
-    IpKey { addr }
 }
 
 fn rule(identity: u32, dir: u8, proto: u8, port: u16) -> PolicyKey {

@@ -34,7 +34,7 @@ use std::{
 
 use common::*;
 use weir_common::{
-    CGROUP_ENDPOINT_BIT, CgroupEndpoint, EndpointPolicy, FlowEvent, IpKey, PolicyKey, PolicyValue,
+    CGROUP_ENDPOINT_BIT, CgroupEndpoint, EndpointPolicy, FlowEvent, PolicyKey, PolicyValue,
     direction, drop_reason, ep_flag, identity, obs, policy_prefix, stat, verdict,
 };
 use weir_datapath::{Datapath, DatapathOptions, cgroup, testing};
@@ -275,14 +275,6 @@ impl Drop for CgroupTree {
 }
 
 // ------------------------------------------------------------- the test
-
-fn mapped(a: [u8; 4]) -> IpKey {
-    let mut addr = [0u8; 16];
-    addr[10] = 0xff;
-    addr[11] = 0xff;
-    addr[12..].copy_from_slice(&a);
-    IpKey { addr }
-}
 
 fn rule(endpoint: u32, identity: u32, dir: u8, port: u16) -> PolicyKey {
     PolicyKey {

@@ -26,14 +26,6 @@ struct H {
     dp: Datapath,
 }
 
-fn mapped(a: [u8; 4]) -> IpKey {
-    let mut addr = [0u8; 16];
-    addr[10] = 0xff;
-    addr[11] = 0xff;
-    addr[12..].copy_from_slice(&a);
-    IpKey { addr }
-}
-
 fn rule(identity: u32, dir: u8, proto: u8, port: u16) -> PolicyKey {
     PolicyKey {
         endpoint: LO,

@@ -10,6 +10,15 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
+/// The `IPCACHE` / `CIDR_CELLS` key of an IPv4 address (IPv4-mapped).
+pub fn mapped(a: [u8; 4]) -> weir_common::IpKey {
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&a);
+    weir_common::IpKey { addr }
+}
+
 /// True when the test may run. Without root it skips locally and fails in CI.
 pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
