@@ -129,6 +129,16 @@ fn what_if(change: &Path, flows: &[&str], model: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", common::output_text(&out)))
 }
 
+/// Whether each probe connected, in order.
+async fn connected(lab: &weir_integration::Lab, probes: &[ProbeSpec]) -> Vec<bool> {
+    lab.probe_all(probes)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.connected)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_and_what_if_agree_with_the_datapath() {
     let Some(mut options) =
@@ -155,13 +165,7 @@ async fn explain_and_what_if_agree_with_the_datapath() {
         ProbeSpec::tcp("x/b", "x/a", 80),
         ProbeSpec::tcp("x/b", "y/c", 81),
     ];
-    let seen: Vec<bool> = lab
-        .probe_all(&probes)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.connected)
-        .collect();
+    let seen = connected(&lab, &probes).await;
     assert_eq!(
         seen,
         vec![true, false, true, true],
@@ -274,13 +278,7 @@ async fn explain_and_what_if_agree_with_the_datapath() {
 
     // Applied for real: the probes confirm exactly that.
     lab.apply(&change()).await.expect("change applied");
-    let seen: Vec<bool> = lab
-        .probe_all(&probes)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.connected)
-        .collect();
+    let seen = connected(&lab, &probes).await;
     assert_eq!(
         seen,
         vec![false, false, true, false],
