@@ -272,15 +272,9 @@ fn init_tracing(c: &Config) {
 }
 
 fn local_call(args: SocketArgs, status: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weir: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let client = weir_localapi::Client::new(&args.socket).with_timeout(Duration::from_secs(10));
     let json = args.output == "json";
@@ -339,12 +333,12 @@ fn local_call(args: SocketArgs, status: bool) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("weir: cannot start runtime: {e}");
+            eprintln!("weir: cannot start the async runtime: {e}");
             ExitCode::FAILURE
         })
 }

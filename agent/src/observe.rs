@@ -1600,15 +1600,9 @@ pub fn run(args: ObserveArgs) -> ExitCode {
             Err(e) => return report(&e),
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weir: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(observe(plan)) {
         Ok(()) => ExitCode::SUCCESS,

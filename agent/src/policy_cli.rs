@@ -244,15 +244,9 @@ struct WhatIfArgs {
 
 /// Runs `weir policy ...`.
 pub fn run(args: PolicyArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weir: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = match args.action {
         PolicyAction::Explain(a) => rt.block_on(run_explain(a)),
